@@ -1,0 +1,1 @@
+//! Data sets, transforms and deterministic batch loading for multimix.

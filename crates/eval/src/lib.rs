@@ -1,0 +1,1 @@
+//! Robustness, OOD detection, calibration and embedding geometry for multimix.

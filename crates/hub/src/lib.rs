@@ -1,0 +1,1 @@
+//! Checkpoint format, Hugging Face hub download and upload, and the multimix model zoo.

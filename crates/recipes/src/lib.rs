@@ -1,0 +1,1 @@
+//! Optimizers, schedules, EMA teacher and training loops for multimix.
