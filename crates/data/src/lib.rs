@@ -1,1 +1,16 @@
 //! Data sets, transforms and deterministic batch loading for multimix.
+//!
+//! Images are decoded once and kept as `u8`; batches are converted to `f32` in [0, 1] on a
+//! background thread. The embedded default data (`fashion-mnist-mini`, `mnist-mini`) needs no
+//! download; see `assets/README.md` for their sources and licenses.
+
+pub mod dataset;
+pub mod error;
+pub mod idx;
+pub mod loader;
+pub mod spec;
+
+pub use dataset::Dataset;
+pub use error::DataError;
+pub use loader::{Augment, Batch, Batches, LoaderConfig};
+pub use spec::{conform, DataSpec, Splits};

@@ -1,1 +1,14 @@
 //! Robustness, OOD detection, calibration and embedding geometry for multimix.
+//!
+//! The conventions are those of `METHOD.md` §5 (torchattacks, OpenOOD, scikit-learn,
+//! torchmetrics); every report states them.
+
+pub mod attacks;
+pub mod calibration;
+pub mod ood_metrics;
+pub mod report;
+pub mod suite;
+
+pub use ood_metrics::MetricError;
+pub use report::Report;
+pub use suite::{evaluate, EvalError, EvalOptions};

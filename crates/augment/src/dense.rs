@@ -1,0 +1,148 @@
+//! Dense MultiMix (METHOD.md §3): interpolation per spatial position, weighted by attention.
+//!
+//! For tuple `k` with Dirichlet row `λ_k`, position `j` of example `i` gets weight
+//! `ξ_kij = λ_ki · a_ij`, normalized over the examples per position. Embeddings (or, for an
+//! affine head, per-position logits) and targets are mixed with the same weights, and the loss
+//! is applied over all `n · r` mixed positions.
+
+use crate::error::{AugmentError, Result};
+use candle_core::{Tensor, D};
+use std::str::FromStr;
+
+/// The `ε` of the per-position normalization `ξ̂ = ξ / (Σ_i ξ + ε)` and of `relu-l1`.
+pub const DENSE_EPS: f64 = 1e-8;
+
+/// Query `u_i` of the attention `a_i = h(Z_i u_i)` (option `attn-query`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum AttnQuery {
+    /// The mean of the example's own positions (global average pooling); the default.
+    #[default]
+    Gap,
+    /// The classifier row `W_{y_i}` of the example's label (class activation map).
+    Cam,
+    /// The ViT class token.
+    Cls,
+    /// No attention: `a_i = 1` at every position.
+    Uniform,
+}
+
+/// Normalization `h` of the attention over positions (option `attn-norm`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum AttnNorm {
+    /// Softmax over the `r` positions; the default.
+    #[default]
+    Softmax,
+    /// ReLU, then divide by the sum over positions plus ε.
+    ReluL1,
+}
+
+macro_rules! parse_kebab {
+    ($ty:ty, $what:literal, $($s:literal => $v:expr),+) => {
+        impl FromStr for $ty {
+            type Err = String;
+            fn from_str(s: &str) -> std::result::Result<Self, String> {
+                match s {
+                    $($s => Ok($v),)+
+                    other => Err(format!(
+                        concat!("unknown ", $what, " `{}`; expected one of: {}"),
+                        other,
+                        [$($s),+].join(", ")
+                    )),
+                }
+            }
+        }
+    };
+}
+parse_kebab!(AttnQuery, "attention query", "gap" => AttnQuery::Gap, "cam" => AttnQuery::Cam, "cls" => AttnQuery::Cls, "uniform" => AttnQuery::Uniform);
+parse_kebab!(AttnNorm, "attention normalization", "softmax" => AttnNorm::Softmax, "relu-l1" => AttnNorm::ReluL1);
+
+/// The `gap` query: the mean over positions of `Z` `[b, r, d]`, giving `[b, d]`.
+pub fn gap_query(z: &Tensor) -> Result<Tensor> {
+    Ok(z.mean(1)?)
+}
+
+/// The `cam` query: the classifier rows `W_{y_i}` of the labels, `[b, d]` from `W` `[c, d]`.
+pub fn cam_query(head_weight: &Tensor, labels: &Tensor) -> Result<Tensor> {
+    Ok(head_weight.index_select(labels, 0)?)
+}
+
+/// Attention `A` `[b, r]`, `a_i = h(Z_i u_i)` for dense embeddings `Z` `[b, r, d]` and queries
+/// `U` `[b, d]`; `None` gives uniform attention (all ones).
+pub fn attention(z: &Tensor, query: Option<&Tensor>, norm: AttnNorm) -> Result<Tensor> {
+    let (b, r, d) = z.dims3()?;
+    let Some(u) = query else {
+        return Ok(Tensor::ones((b, r), z.dtype(), z.device())?);
+    };
+    if u.dims() != [b, d] {
+        return Err(AugmentError::Shape(format!(
+            "attention query {:?} does not fit embeddings {:?}",
+            u.dims(),
+            z.dims()
+        )));
+    }
+    // Scores s_ij = Z_ij · u_i.
+    let scores = z.matmul(&u.unsqueeze(2)?)?.squeeze(2)?;
+    Ok(match norm {
+        AttnNorm::Softmax => {
+            let max = scores.max_keepdim(D::Minus1)?.detach();
+            let e = scores.broadcast_sub(&max)?.exp()?;
+            e.broadcast_div(&e.sum_keepdim(D::Minus1)?)?
+        }
+        AttnNorm::ReluL1 => {
+            let p = scores.relu()?;
+            p.broadcast_div(&(p.sum_keepdim(D::Minus1)? + DENSE_EPS)?)?
+        }
+    })
+}
+
+/// Dense interpolation weights `ξ̂` `[r, n, b]` from `Λ` `[n, b]` and `A` `[b, r]`:
+/// `ξ_kij = λ_ki a_ij`, `ξ̂_kij = ξ_kij / (Σ_i' ξ_ki'j + ε)`.
+pub fn dense_weights(lambda: &Tensor, attn: &Tensor) -> Result<Tensor> {
+    let (_, b) = lambda.dims2()?;
+    let (ba, _) = attn.dims2()?;
+    if b != ba {
+        return Err(AugmentError::Shape(format!(
+            "interpolation matrix {:?} does not fit attention {:?}",
+            lambda.dims(),
+            attn.dims()
+        )));
+    }
+    let xi = lambda.unsqueeze(2)?.broadcast_mul(&attn.unsqueeze(0)?)?; // [n, b, r]
+    let norm = (xi.sum_keepdim(1)? + DENSE_EPS)?;
+    Ok(xi.broadcast_div(&norm)?.permute((2, 0, 1))?.contiguous()?)
+}
+
+/// Mix per-position values `V` `[b, r, k]` (embeddings or logits): `Ṽ_kj = Σ_i ξ̂_kij V_ij`,
+/// giving `[r, n, k]`.
+pub fn mix_dense(xi: &Tensor, values: &Tensor) -> Result<Tensor> {
+    let (r, _, b) = xi.dims3()?;
+    let (bv, rv, _) = values.dims3()?;
+    if (b, r) != (bv, rv) {
+        return Err(AugmentError::Shape(format!(
+            "dense weights {:?} do not fit values {:?}",
+            xi.dims(),
+            values.dims()
+        )));
+    }
+    Ok(xi.matmul(&values.transpose(0, 1)?.contiguous()?)?)
+}
+
+/// Mix targets `Y` `[b, c]` shared by all positions of an example: `Ỹ_kj = Σ_i ξ̂_kij Y_i`,
+/// giving `[r, n, c]`.
+pub fn mix_dense_targets(xi: &Tensor, targets: &Tensor) -> Result<Tensor> {
+    let (r, n, b) = xi.dims3()?;
+    let (bt, c) = targets.dims2()?;
+    if b != bt {
+        return Err(AugmentError::Shape(format!(
+            "dense weights {:?} do not fit targets {:?}",
+            xi.dims(),
+            targets.dims()
+        )));
+    }
+    Ok(xi
+        .reshape((r * n, b))?
+        .matmul(targets)?
+        .reshape((r, n, c))?)
+}

@@ -1,0 +1,183 @@
+//! Trainable layers: linear, layer norm, dropout and drop-path driven by the run's seeded RNG.
+//!
+//! Every layer routes through [`crate::ops`], whose fused CPU kernels carry their own backward
+//! (candle's fused `LayerNorm` and `softmax_last_dim` silently drop gradients).
+
+use crate::error::Result;
+use crate::ops;
+use crate::params::{Init, ParamStore};
+use candle_core::Tensor;
+use rand::{Rng, RngCore};
+
+/// The forward context: training or evaluation mode, and in training mode the generator that
+/// draws dropout and drop-path masks (the run's seeded host RNG).
+pub struct Ctx<'a> {
+    rng: Option<&'a mut dyn RngCore>,
+}
+
+impl Ctx<'static> {
+    /// Evaluation mode: dropout and drop-path are identities, BatchNorm uses running statistics.
+    pub fn eval() -> Self {
+        Self { rng: None }
+    }
+}
+
+impl<'a> Ctx<'a> {
+    /// Training mode, drawing masks from `rng`.
+    pub fn train(rng: &'a mut dyn RngCore) -> Self {
+        Self { rng: Some(rng) }
+    }
+
+    /// Whether this is training mode.
+    pub fn is_train(&self) -> bool {
+        self.rng.is_some()
+    }
+
+    /// The training generator (`None` in evaluation mode).
+    pub fn rng(&mut self) -> Option<&mut dyn RngCore> {
+        match &mut self.rng {
+            Some(r) => Some(&mut **r),
+            None => None,
+        }
+    }
+}
+
+/// A fully connected layer `y = x Wᵀ + b` over the last dim (torch `nn.Linear`, names `weight`,
+/// `bias`).
+#[derive(Clone)]
+pub struct Linear {
+    weight: Tensor,
+    bias: Option<Tensor>,
+}
+
+impl Linear {
+    /// A linear layer `in_dim → out_dim` with the given initializers.
+    pub fn new(
+        ps: &ParamStore,
+        in_dim: usize,
+        out_dim: usize,
+        bias: bool,
+        weight_init: Init,
+        bias_init: Init,
+    ) -> Result<Self> {
+        let weight = ps.param("weight", (out_dim, in_dim), weight_init)?;
+        let bias = if bias {
+            Some(ps.param("bias", out_dim, bias_init)?)
+        } else {
+            None
+        };
+        Ok(Self { weight, bias })
+    }
+
+    /// PyTorch's default initialization (`U(±1/√in_dim)` for weight and bias).
+    pub fn torch_default(
+        ps: &ParamStore,
+        in_dim: usize,
+        out_dim: usize,
+        bias: bool,
+    ) -> Result<Self> {
+        let bound = 1.0 / (in_dim.max(1) as f64).sqrt();
+        Self::new(
+            ps,
+            in_dim,
+            out_dim,
+            bias,
+            Init::TorchDefault,
+            Init::Uniform { bound },
+        )
+    }
+
+    /// The weight `[out, in]`.
+    pub fn weight(&self) -> &Tensor {
+        &self.weight
+    }
+
+    /// The bias `[out]`, if any.
+    pub fn bias(&self) -> Option<&Tensor> {
+        self.bias.as_ref()
+    }
+
+    /// Apply to `x` of shape `[..., in]`, giving `[..., out]`.
+    pub fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        let dims = x.dims().to_vec();
+        let (in_dim, out_dim) = (self.weight.dim(1)?, self.weight.dim(0)?);
+        let x2 = x.reshape(((), in_dim))?;
+        let y = x2.matmul(&self.weight.t()?)?;
+        let y = match &self.bias {
+            Some(b) => ops::bias_add(&y, b)?,
+            None => y,
+        };
+        let mut out_dims = dims;
+        if let Some(last) = out_dims.last_mut() {
+            *last = out_dim;
+        }
+        y.reshape(out_dims)
+    }
+}
+
+/// Layer normalization over the last dim (names `weight`, `bias`).
+#[derive(Clone)]
+pub struct LayerNorm {
+    weight: Tensor,
+    bias: Tensor,
+    eps: f64,
+}
+
+impl LayerNorm {
+    /// A layer norm of width `dim` (weight 1, bias 0).
+    pub fn new(ps: &ParamStore, dim: usize, eps: f64) -> Result<Self> {
+        Ok(Self {
+            weight: ps.param("weight", dim, Init::Const(1.0))?,
+            bias: ps.param("bias", dim, Init::Const(0.0))?,
+            eps,
+        })
+    }
+
+    /// Normalize `x` over its last dim.
+    pub fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        ops::layer_norm(x, &self.weight, &self.bias, self.eps)
+    }
+}
+
+/// Inverted dropout: zero each element with probability `p` and scale the rest by `1/(1-p)`
+/// (torch `nn.Dropout`). Identity in evaluation mode or when `p = 0`.
+pub fn dropout(x: &Tensor, p: f64, ctx: &mut Ctx) -> candle_core::Result<Tensor> {
+    if p <= 0.0 {
+        return Ok(x.clone());
+    }
+    let Some(rng) = ctx.rng() else {
+        return Ok(x.clone());
+    };
+    let scale = (1.0 / (1.0 - p)) as f32;
+    let mask: Vec<f32> = (0..x.elem_count())
+        .map(|_| if rng.random::<f64>() < p { 0.0 } else { scale })
+        .collect();
+    let mask = Tensor::from_vec(mask, x.shape(), x.device())?.to_dtype(x.dtype())?;
+    x.mul(&mask)
+}
+
+/// Stochastic depth (timm `drop_path`, `scale_by_keep=True`): drop the residual branch `x` of a
+/// whole sample with probability `p`, scaling kept samples by `1/(1-p)`.
+pub fn drop_path(x: &Tensor, p: f64, ctx: &mut Ctx) -> candle_core::Result<Tensor> {
+    if p <= 0.0 {
+        return Ok(x.clone());
+    }
+    let Some(rng) = ctx.rng() else {
+        return Ok(x.clone());
+    };
+    let b = x.dim(0)?;
+    let keep = 1.0 - p;
+    let mask: Vec<f32> = (0..b)
+        .map(|_| {
+            if rng.random::<f64>() < keep {
+                (1.0 / keep) as f32
+            } else {
+                0.0
+            }
+        })
+        .collect();
+    let mut shape = vec![1usize; x.rank()];
+    shape[0] = b;
+    let mask = Tensor::from_vec(mask, shape, x.device())?.to_dtype(x.dtype())?;
+    x.broadcast_mul(&mask)
+}

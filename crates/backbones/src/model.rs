@@ -1,0 +1,369 @@
+//! The backbone interface, model configurations in timm's layout, the registry of presets, and
+//! [`Model`]: a backbone with its input normalization inside, taking images in [0, 1].
+
+use crate::error::{BackboneError, Result};
+use crate::layers::{Ctx, Linear};
+use crate::params::{LoadReport, ParamStore};
+use crate::vit::{GlobalPool, VisionTransformer, VitConfig};
+use candle_core::{Device, Tensor};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// One interface for every backbone (timm's contract): features, dense and pooled embeddings,
+/// the affine head, and hooks to mix hidden states at an intermediate point.
+pub trait Backbone: Send + Sync {
+    /// timm `forward_features`: ViT `[B, prefix + T, D]` after the final norm, CNN `[B, C, h, w]`.
+    fn forward_features(&self, x: &Tensor, ctx: &mut Ctx) -> candle_core::Result<Tensor>;
+    /// Dense embeddings `[B, r, D]`: the positions the head is applied to in dense MultiMix
+    /// (ViT patch tokens without the class token, a CNN's last map flattened).
+    fn dense(&self, features: &Tensor) -> candle_core::Result<Tensor>;
+    /// Pooled embeddings `[B, D]` (timm `forward_head(pre_logits=True)`).
+    fn pre_logits(&self, features: &Tensor, ctx: &mut Ctx) -> candle_core::Result<Tensor>;
+    /// The affine classifier `g(z) = W z + β`.
+    fn head(&self) -> &Linear;
+    /// The class-token embedding `[B, D]`, for models that have one.
+    fn class_token(&self, features: &Tensor) -> candle_core::Result<Option<Tensor>>;
+    /// Number of points where hidden states can be mixed (manifold mixup): point 0 is the input,
+    /// point `k ≥ 1` the hidden state entering stage/block `k - 1`.
+    fn num_mix_points(&self) -> usize;
+    /// Run the network from the input up to mix point `point`.
+    fn forward_to(&self, x: &Tensor, point: usize, ctx: &mut Ctx) -> candle_core::Result<Tensor>;
+    /// Run the network from mix point `point` to the features (`forward_features` layout).
+    fn forward_from(&self, h: &Tensor, point: usize, ctx: &mut Ctx) -> candle_core::Result<Tensor>;
+    /// Names of parameters exempt from weight decay beyond biases and norms.
+    fn no_weight_decay(&self) -> Vec<String>;
+}
+
+/// Architecture-specific arguments, resolved.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ArchConfig {
+    /// A Vision Transformer.
+    Vit(VitConfig),
+}
+
+impl ArchConfig {
+    /// Number of classes of the head.
+    pub fn num_classes(&self) -> usize {
+        match self {
+            ArchConfig::Vit(c) => c.num_classes,
+        }
+    }
+
+    /// Input channels.
+    pub fn in_chans(&self) -> usize {
+        match self {
+            ArchConfig::Vit(c) => c.in_chans,
+        }
+    }
+
+    /// Input height and width.
+    pub fn img_size(&self) -> usize {
+        match self {
+            ArchConfig::Vit(c) => c.img_size,
+        }
+    }
+
+    fn to_args(&self) -> Result<serde_json::Map<String, serde_json::Value>> {
+        let value = match self {
+            ArchConfig::Vit(c) => serde_json::to_value(c),
+        };
+        match value {
+            Ok(serde_json::Value::Object(map)) => Ok(map),
+            _ => unreachable_config(),
+        }
+    }
+}
+
+fn unreachable_config<T>() -> Result<T> {
+    Err(BackboneError::InvalidConfig {
+        architecture: "?".into(),
+        message: "configuration does not serialize to a map".into(),
+    })
+}
+
+/// A preset: an architecture name (timm's where timm has it) with its arguments and the input
+/// normalization its weights expect.
+struct Preset {
+    name: &'static str,
+    family: Family,
+    args: fn() -> ArchConfig,
+    mean: [f64; 3],
+    std: [f64; 3],
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Family {
+    Vit,
+}
+
+const INCEPTION_MEAN: [f64; 3] = [0.5, 0.5, 0.5];
+const INCEPTION_STD: [f64; 3] = [0.5, 0.5, 0.5];
+
+fn vit(patch_size: usize, embed_dim: usize, depth: usize, num_heads: usize) -> VitConfig {
+    VitConfig {
+        patch_size,
+        embed_dim,
+        depth,
+        num_heads,
+        ..VitConfig::default()
+    }
+}
+
+/// The registry. timm names come with timm's arguments; the small presets are this project's.
+const PRESETS: &[Preset] = &[
+    Preset {
+        name: "vit_tiny_patch16_224",
+        family: Family::Vit,
+        args: || ArchConfig::Vit(vit(16, 192, 12, 3)),
+        mean: INCEPTION_MEAN,
+        std: INCEPTION_STD,
+    },
+    Preset {
+        name: "vit_small_patch16_224",
+        family: Family::Vit,
+        args: || ArchConfig::Vit(vit(16, 384, 12, 6)),
+        mean: INCEPTION_MEAN,
+        std: INCEPTION_STD,
+    },
+    Preset {
+        name: "vit_base_patch16_224",
+        family: Family::Vit,
+        args: || ArchConfig::Vit(vit(16, 768, 12, 12)),
+        mean: INCEPTION_MEAN,
+        std: INCEPTION_STD,
+    },
+    Preset {
+        name: "vit_tiny_patch4_32",
+        family: Family::Vit,
+        args: || {
+            ArchConfig::Vit(VitConfig {
+                img_size: 32,
+                num_classes: 10,
+                ..vit(4, 192, 12, 3)
+            })
+        },
+        mean: INCEPTION_MEAN,
+        std: INCEPTION_STD,
+    },
+    Preset {
+        name: "vit_mini_patch4_28",
+        family: Family::Vit,
+        args: || {
+            ArchConfig::Vit(VitConfig {
+                img_size: 28,
+                in_chans: 1,
+                num_classes: 10,
+                global_pool: GlobalPool::Avg,
+                class_token: false,
+                fc_norm: Some(false),
+                mlp_ratio: 2.0,
+                ..vit(4, 64, 4, 2)
+            })
+        },
+        mean: INCEPTION_MEAN,
+        std: INCEPTION_STD,
+    },
+];
+
+/// The names of the registered architectures.
+pub fn architectures() -> Vec<&'static str> {
+    PRESETS.iter().map(|p| p.name).collect()
+}
+
+fn preset(name: &str) -> Result<&'static Preset> {
+    PRESETS
+        .iter()
+        .find(|p| p.name == name)
+        .ok_or_else(|| BackboneError::UnknownArchitecture {
+            name: name.to_string(),
+            known: architectures().join(", "),
+        })
+}
+
+/// A complete model configuration: architecture name, resolved arguments and the input
+/// normalization (timm's `pretrained_cfg` mean and std). Serialized as
+/// `{architecture, mean, std, args: {...}}`, with `args` in timm's `model_args` names.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(try_from = "RawModelConfig", into = "RawModelConfig")]
+pub struct ModelConfig {
+    /// Registered architecture name.
+    pub architecture: String,
+    /// Resolved arguments.
+    pub arch: ArchConfig,
+    /// Per-channel mean subtracted from [0, 1] images.
+    pub mean: Vec<f64>,
+    /// Per-channel standard deviation images are divided by.
+    pub std: Vec<f64>,
+}
+
+/// The serialized form of [`ModelConfig`]: arguments override the preset's.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawModelConfig {
+    /// Registered architecture name.
+    pub architecture: String,
+    /// Per-channel mean (the preset's when absent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mean: Option<Vec<f64>>,
+    /// Per-channel std (the preset's when absent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub std: Option<Vec<f64>>,
+    /// Argument overrides in timm's `model_args` names.
+    #[serde(default)]
+    pub args: serde_json::Map<String, serde_json::Value>,
+}
+
+impl ModelConfig {
+    /// The preset `architecture` with `args` overriding its arguments.
+    pub fn from_preset(
+        architecture: &str,
+        args: &serde_json::Map<String, serde_json::Value>,
+    ) -> Result<Self> {
+        let p = preset(architecture)?;
+        let mut merged = (p.args)().to_args()?;
+        for (k, v) in args {
+            merged.insert(k.clone(), v.clone());
+        }
+        let invalid = |e: serde_json::Error| BackboneError::InvalidConfig {
+            architecture: architecture.to_string(),
+            message: e.to_string(),
+        };
+        let arch = match p.family {
+            Family::Vit => {
+                let c: VitConfig = serde_json::from_value(merged.into()).map_err(invalid)?;
+                c.validate(architecture)?;
+                ArchConfig::Vit(c)
+            }
+        };
+        let channels = arch.in_chans();
+        let per_channel = |v: [f64; 3]| {
+            if channels == 3 {
+                v.to_vec()
+            } else {
+                vec![v[0]; channels]
+            }
+        };
+        Ok(Self {
+            architecture: architecture.to_string(),
+            arch,
+            mean: per_channel(p.mean),
+            std: per_channel(p.std),
+        })
+    }
+
+    /// Set the input normalization, checking it has one positive std per input channel.
+    pub fn with_normalization(mut self, mean: Vec<f64>, std: Vec<f64>) -> Result<Self> {
+        let c = self.arch.in_chans();
+        if mean.len() != c || std.len() != c || std.iter().any(|s| *s <= 0.0) {
+            return Err(BackboneError::InvalidConfig {
+                architecture: self.architecture.clone(),
+                message: format!(
+                    "mean {mean:?} and std {std:?} need {c} values each (std > 0), one per input channel"
+                ),
+            });
+        }
+        self.mean = mean;
+        self.std = std;
+        Ok(self)
+    }
+
+    /// Number of classes of the head.
+    pub fn num_classes(&self) -> usize {
+        self.arch.num_classes()
+    }
+}
+
+impl TryFrom<RawModelConfig> for ModelConfig {
+    type Error = BackboneError;
+    fn try_from(raw: RawModelConfig) -> Result<Self> {
+        let cfg = Self::from_preset(&raw.architecture, &raw.args)?;
+        let mean = raw.mean.unwrap_or_else(|| cfg.mean.clone());
+        let std = raw.std.unwrap_or_else(|| cfg.std.clone());
+        cfg.with_normalization(mean, std)
+    }
+}
+
+impl From<ModelConfig> for RawModelConfig {
+    fn from(c: ModelConfig) -> Self {
+        Self {
+            args: c.arch.to_args().unwrap_or_default(),
+            architecture: c.architecture,
+            mean: Some(c.mean),
+            std: Some(c.std),
+        }
+    }
+}
+
+/// A backbone with its parameters and input normalization: takes images in [0, 1], so attacks
+/// perturb pixels and the normalization is part of the differentiated function.
+pub struct Model {
+    config: ModelConfig,
+    params: ParamStore,
+    backbone: Box<dyn Backbone>,
+    mean: Tensor,
+    std: Tensor,
+}
+
+impl Model {
+    /// Build the model on `device`, initializing weights from a generator seeded with `seed`.
+    pub fn new(config: &ModelConfig, device: &Device, seed: u64) -> Result<Self> {
+        let params = ParamStore::new(device, seed);
+        let backbone: Box<dyn Backbone> = match &config.arch {
+            ArchConfig::Vit(c) => Box::new(VisionTransformer::new(&params, c)?),
+        };
+        let c = config.mean.len();
+        let to_tensor = |v: &[f64]| -> Result<Tensor> {
+            let v: Vec<f32> = v.iter().map(|x| *x as f32).collect();
+            Ok(Tensor::from_vec(v, (1, c, 1, 1), device)?)
+        };
+        Ok(Self {
+            mean: to_tensor(&config.mean)?,
+            std: to_tensor(&config.std)?,
+            config: config.clone(),
+            params,
+            backbone,
+        })
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &ModelConfig {
+        &self.config
+    }
+
+    /// The parameters and buffers.
+    pub fn params(&self) -> &ParamStore {
+        &self.params
+    }
+
+    /// The backbone.
+    pub fn backbone(&self) -> &dyn Backbone {
+        self.backbone.as_ref()
+    }
+
+    /// `(x - mean) / std` per channel, for images `x` in [0, 1] of shape `[B, C, H, W]`.
+    pub fn normalize(&self, images: &Tensor) -> candle_core::Result<Tensor> {
+        images.broadcast_sub(&self.mean)?.broadcast_div(&self.std)
+    }
+
+    /// Features of images in [0, 1] (timm `forward_features` layout).
+    pub fn forward_features(&self, images: &Tensor, ctx: &mut Ctx) -> candle_core::Result<Tensor> {
+        self.backbone
+            .forward_features(&self.normalize(images)?, ctx)
+    }
+
+    /// Logits `[B, classes]` of images in [0, 1].
+    pub fn forward(&self, images: &Tensor, ctx: &mut Ctx) -> candle_core::Result<Tensor> {
+        let features = self.forward_features(images, ctx)?;
+        let pooled = self.backbone.pre_logits(&features, ctx)?;
+        self.backbone.head().forward(&pooled)
+    }
+
+    /// Overwrite weights by name (see [`ParamStore::load`]).
+    pub fn load_weights(
+        &self,
+        tensors: &BTreeMap<String, Tensor>,
+        strict: bool,
+    ) -> Result<LoadReport> {
+        self.params.load(tensors, strict)
+    }
+}

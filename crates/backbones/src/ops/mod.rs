@@ -1,0 +1,247 @@
+//! Trainable fused ops that candle 0.11.1 lacks: layer norm, softmax, exact GELU and bias add.
+//!
+//! Why these exist:
+//! * candle's fused `candle_nn::ops::layer_norm` and `softmax_last_dim` (and `rms_norm`) are
+//!   applied with `apply_op*_no_bwd`: their outputs are detached, so every parameter upstream
+//!   silently gets no gradient;
+//! * the composite replacements (`layer_norm_slow`, `ops::softmax`, `Tensor::gelu_erf`,
+//!   `broadcast_add` for biases) are correct but slow on CPU: in a profiled ViT-Tiny training
+//!   step, scalar `erf` (GELU ≈ 25 % of the step), single-threaded strided reductions for the
+//!   bias/γ/β gradients (≈ 16 %) and the many autograd nodes per layer dominate, not the matmuls.
+//!   Fused, the forward + backward of GELU on `[8320, 768]` is ≈ 4× faster than
+//!   `Tensor::gelu_erf`, layer norm ≈ 7× and softmax ≈ 10× faster than their compositions.
+//!
+//! Each op here is one autograd node: a [`candle_core::CustomOp1`]/`2`/`3` with a CPU forward and a
+//! hand-written backward, rayon-parallel over rows (≈8 tasks per thread), with inner loops written
+//! so the compiler vectorizes them (and compiled a second time for AVX2 when the CPU has it). The
+//! custom ops run for f32 tensors on the CPU; any other dtype or device (f64, bf16, CUDA, Metal)
+//! takes an equivalent composition of candle tensor ops, which has candle's backward.
+//!
+//! Accuracy: statistics and gradient reductions accumulate in f64; `exp` is a Cephes-style
+//! polynomial (≈1 ulp) and `erf` is Abramowitz–Stegun 7.1.26 (|error| < 1.5e-7, the formula of
+//! PyTorch's vectorized CPU `erf`), evaluated in its `erfc` form so GELU's negative tail has no
+//! cancellation.
+
+/// Defines `$name`, whose body is compiled twice: portable, and for AVX2 (+FMA) when the running
+/// CPU supports it (checked at run time, the result is cached by std).
+///
+/// The body must only call `#[inline(always)]` helpers so they are compiled for AVX2 too.
+/// Neither version uses fused multiply-add, so both give bit-identical results.
+macro_rules! simd_kernel {
+    ($(#[doc = $doc:expr])* fn $name:ident($($arg:ident: $ty:ty),* $(,)?) $(-> $ret:ty)? $body:block) => {
+        $(#[doc = $doc])*
+        pub(super) fn $name($($arg: $ty),*) $(-> $ret)? {
+            #[inline(always)]
+            fn portable($($arg: $ty),*) $(-> $ret)? $body
+            #[cfg(target_arch = "x86_64")]
+            {
+                #[target_feature(enable = "avx2,fma")]
+                fn avx2($($arg: $ty),*) $(-> $ret)? {
+                    portable($($arg),*)
+                }
+                if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+                    // SAFETY: the running CPU supports AVX2 and FMA (checked just above).
+                    return unsafe { avx2($($arg),*) };
+                }
+            }
+            portable($($arg),*)
+        }
+    };
+}
+
+mod bias;
+mod cpu;
+mod gelu;
+mod layer_norm;
+mod math;
+mod softmax;
+
+use candle_core::{DType, Device, Error, Result, Tensor, D};
+
+/// Layer normalization over the last dim (torch.nn.functional.layer_norm semantics, biased variance).
+///
+/// `y = (x - mean) / sqrt(var + eps) * weight + bias` with `mean`, `var` over the last dim of `x`
+/// (`[..., D]`, any number of leading dims) and `weight`, `bias` of shape `[D]`. Gradients reach
+/// `x`, `weight` and `bias`.
+pub fn layer_norm(x: &Tensor, weight: &Tensor, bias: &Tensor, eps: f64) -> Result<Tensor> {
+    let d = x.dim(D::Minus1)?;
+    check_vector("layer_norm", x, weight, d)?;
+    check_vector("layer_norm", x, bias, d)?;
+    if fused(&[x, weight, bias]) {
+        let x = x.contiguous()?;
+        x.apply_op3(
+            &weight.contiguous()?,
+            &bias.contiguous()?,
+            layer_norm::LayerNorm::new(eps),
+        )
+    } else {
+        composite::layer_norm(x, weight, bias, eps)
+    }
+}
+
+/// Softmax over the last dim: `y_i = exp(x_i - max) / Σ_j exp(x_j - max)`. Gradient reaches `x`.
+pub fn softmax_last_dim(x: &Tensor) -> Result<Tensor> {
+    x.dim(D::Minus1)?;
+    if fused(&[x]) {
+        x.contiguous()?.apply_op1(softmax::Softmax)
+    } else {
+        composite::softmax_last_dim(x)
+    }
+}
+
+/// Exact GELU, 0.5·x·(1+erf(x/√2)) (torch.nn.GELU() default, as timm uses). Gradient reaches `x`.
+pub fn gelu_erf(x: &Tensor) -> Result<Tensor> {
+    if fused(&[x]) {
+        x.contiguous()?.apply_op1(gelu::GeluErf)
+    } else {
+        x.gelu_erf()
+    }
+}
+
+/// `x[..., n] + bias[n]`; the backward of bias is a (parallel) column sum. Gradients reach `x` and
+/// `bias`.
+pub fn bias_add(x: &Tensor, bias: &Tensor) -> Result<Tensor> {
+    let n = x.dim(D::Minus1)?;
+    check_vector("bias_add", x, bias, n)?;
+    if fused(&[x, bias]) {
+        x.contiguous()?
+            .apply_op2(&bias.contiguous()?, bias::BiasAdd)
+    } else {
+        x.broadcast_add(bias)
+    }
+}
+
+/// True when the custom ops apply: every tensor is f32 and on the CPU.
+fn fused(tensors: &[&Tensor]) -> bool {
+    tensors
+        .iter()
+        .all(|t| t.dtype() == DType::F32 && matches!(t.device(), Device::Cpu))
+}
+
+/// Checks that a per-feature parameter has shape `[len]`.
+fn check_vector(op: &'static str, x: &Tensor, param: &Tensor, len: usize) -> Result<()> {
+    if param.dims() == [len] {
+        Ok(())
+    } else {
+        Err(Error::ShapeMismatchBinaryOp {
+            lhs: x.shape().clone(),
+            rhs: param.shape().clone(),
+            op,
+        }
+        .bt())
+    }
+}
+
+/// The same ops composed from candle tensor ops (which have backward): the path for non-f32
+/// dtypes and non-CPU devices.
+pub(crate) mod composite {
+    use candle_core::{Result, Tensor, D};
+
+    /// `(x - mean) / sqrt(var + eps) * weight + bias` over the last dim, biased variance.
+    pub(crate) fn layer_norm(
+        x: &Tensor,
+        weight: &Tensor,
+        bias: &Tensor,
+        eps: f64,
+    ) -> Result<Tensor> {
+        let centered = x.broadcast_sub(&x.mean_keepdim(D::Minus1)?)?;
+        let var = centered.sqr()?.mean_keepdim(D::Minus1)?;
+        let normed = centered.broadcast_div(&(var + eps)?.sqrt()?)?;
+        normed.broadcast_mul(weight)?.broadcast_add(bias)
+    }
+
+    /// `exp(x - max) / Σ exp(x - max)`; the max is detached (softmax is shift invariant).
+    pub(crate) fn softmax_last_dim(x: &Tensor) -> Result<Tensor> {
+        let max = x.max_keepdim(D::Minus1)?.detach();
+        let e = x.broadcast_sub(&max)?.exp()?;
+        e.broadcast_div(&e.sum_keepdim(D::Minus1)?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Deterministic, spread-out test values (no RNG: candle's CPU RNG cannot be seeded).
+    fn values(dims: &[usize]) -> Tensor {
+        let n: usize = dims.iter().product();
+        let v: Vec<f32> = (0..n)
+            .map(|i| ((i * 7919 % 1009) as f32 / 1009.0 - 0.5) * 6.0)
+            .collect();
+        Tensor::from_vec(v, dims, &Device::Cpu).unwrap()
+    }
+
+    fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
+        (a - b)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar()
+            .unwrap()
+    }
+
+    /// The custom ops and their f32 composite fallbacks agree, outputs and input gradients.
+    #[test]
+    fn custom_ops_equal_composite_fallbacks() {
+        let x = candle_core::Var::from_tensor(&values(&[4, 9, 37])).unwrap();
+        let w = candle_core::Var::from_tensor(&values(&[37])).unwrap();
+        let b = candle_core::Var::from_tensor(&(values(&[37]) * 0.5).unwrap()).unwrap();
+        let gy = values(&[4, 9, 37]).flip(&[0]).unwrap();
+        type Pair = (Tensor, Tensor);
+        let pairs: [(&str, Pair); 4] = [
+            (
+                "layer_norm",
+                (
+                    layer_norm(&x, &w, &b, 1e-6).unwrap(),
+                    composite::layer_norm(&x, &w, &b, 1e-6).unwrap(),
+                ),
+            ),
+            (
+                "softmax",
+                (
+                    softmax_last_dim(&x).unwrap(),
+                    composite::softmax_last_dim(&x).unwrap(),
+                ),
+            ),
+            ("gelu", (gelu_erf(&x).unwrap(), x.gelu_erf().unwrap())),
+            (
+                "bias_add",
+                (bias_add(&x, &b).unwrap(), x.broadcast_add(&b).unwrap()),
+            ),
+        ];
+        for (name, (fused, reference)) in pairs {
+            assert!(max_diff(&fused, &reference) < 1e-5, "{name}: output");
+            let g1 = (&fused * &gy)
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .backward()
+                .unwrap();
+            let g2 = (&reference * &gy)
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .backward()
+                .unwrap();
+            for (i, v) in [&x, &w, &b].into_iter().enumerate() {
+                match (g1.get(v.as_tensor()), g2.get(v.as_tensor())) {
+                    (Some(a), Some(r)) => {
+                        let tol = 1e-5
+                            * r.abs()
+                                .unwrap()
+                                .max_all()
+                                .unwrap()
+                                .to_scalar::<f32>()
+                                .unwrap()
+                                .max(1.0);
+                        assert!(max_diff(a, r) < tol, "{name}: grad {i}");
+                    }
+                    (None, None) => {}
+                    _ => panic!("{name}: grad {i} present on one path only"),
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,74 @@
+//! Softmax over the last dim as one custom op.
+
+use super::cpu::{cpu_tensor, rows_and_len, storage_f32, task_rows, with_f32};
+use super::math::{dot_f64, exp_nonpositive, max_f32, sum_f32};
+use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
+use rayon::prelude::*;
+
+/// Softmax over the last dim; backward `dx = y ⊙ (dy − Σ dy·y)` from the saved output.
+pub(super) struct Softmax;
+
+simd_kernel! {
+    /// Rows of `y = exp(x − max) / Σ exp(x − max)`.
+    fn forward(x: &[f32], y: &mut [f32], d: usize) {
+        for (x, y) in x.chunks_exact(d).zip(y.chunks_exact_mut(d)) {
+            let max = max_f32(x);
+            for (y, &x) in y.iter_mut().zip(x) {
+                *y = exp_nonpositive(x - max);
+            }
+            let inv = 1.0 / sum_f32(y);
+            for y in y.iter_mut() {
+                *y *= inv;
+            }
+        }
+    }
+}
+
+simd_kernel! {
+    /// Rows of `dx = y ⊙ (dy − Σ dy·y)`.
+    fn backward(y: &[f32], dy: &[f32], dx: &mut [f32], d: usize) {
+        let rows = y.chunks_exact(d).zip(dy.chunks_exact(d));
+        for ((y, dy), dx) in rows.zip(dx.chunks_exact_mut(d)) {
+            let s = dot_f64(y, dy) as f32;
+            for ((dx, &y), &dy) in dx.iter_mut().zip(y).zip(dy) {
+                *dx = y * (dy - s);
+            }
+        }
+    }
+}
+
+impl CustomOp1 for Softmax {
+    fn name(&self) -> &'static str {
+        "softmax-last-dim"
+    }
+
+    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
+        let x = storage_f32(self.name(), storage, layout)?;
+        let (rows, d) = rows_and_len(layout.shape());
+        let mut y = vec![0.0f32; x.len()];
+        if rows > 0 {
+            let step = task_rows(rows, d) * d;
+            y.par_chunks_mut(step)
+                .zip(x.par_chunks(step))
+                .for_each(|(y, x)| forward(x, y, d));
+        }
+        Ok((CpuStorage::F32(y), layout.shape().clone()))
+    }
+
+    fn bwd(&self, _arg: &Tensor, res: &Tensor, grad_res: &Tensor) -> Result<Option<Tensor>> {
+        let (rows, d) = rows_and_len(res.shape());
+        let dx = with_f32(self.name(), res, |y| {
+            with_f32(self.name(), grad_res, |dy| {
+                let mut dx = vec![0.0f32; y.len()];
+                if rows > 0 {
+                    let step = task_rows(rows, d) * d;
+                    dx.par_chunks_mut(step)
+                        .zip(y.par_chunks(step).zip(dy.par_chunks(step)))
+                        .for_each(|(dx, (y, dy))| backward(y, dy, dx, d));
+                }
+                Ok(dx)
+            })
+        })?;
+        cpu_tensor(dx, res.shape()).map(Some)
+    }
+}

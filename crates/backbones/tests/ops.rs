@@ -1,0 +1,345 @@
+//! `multimix_backbones::ops` against PyTorch fixtures (tools/make_ops_fixtures.py), against the
+//! composite fallback path, and for gradient flow and layout handling.
+
+use candle_core::{DType, Device, Result, Tensor, Var};
+use multimix_backbones::ops::{bias_add, gelu_erf, layer_norm, softmax_last_dim};
+use rand::rngs::StdRng;
+use rand::SeedableRng;
+use rand_distr::{Distribution, StandardNormal};
+use std::collections::HashMap;
+
+const FIXTURES: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/tests/fixtures/ops.safetensors"
+);
+const EPS: f64 = 1e-6;
+
+fn fixtures() -> Result<HashMap<String, Tensor>> {
+    candle_core::safetensors::load(FIXTURES, &Device::Cpu)
+}
+
+fn get(f: &HashMap<String, Tensor>, case: &str, name: &str) -> Tensor {
+    f.get(&format!("{case}.{name}"))
+        .unwrap_or_else(|| panic!("fixture {case}.{name} missing"))
+        .clone()
+}
+
+fn to_f64(t: &Tensor) -> Vec<f64> {
+    t.to_dtype(DType::F64)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1()
+        .unwrap()
+}
+
+fn max_abs(t: &Tensor) -> f64 {
+    to_f64(t).iter().fold(0.0, |m, v| m.max(v.abs()))
+}
+
+/// `|got − want| ≤ 1e-5·|want| + 1e-6·max(max|want|, floor)` elementwise, shapes equal. `floor`
+/// is the magnitude where f32 rounding of the op's inputs sets the error (`max|gy|` for
+/// gradients: a saturated softmax has gradients far below it).
+fn assert_close(what: &str, got: &Tensor, want: &Tensor, floor: f64) {
+    assert_eq!(got.dims(), want.dims(), "{what}: shape");
+    let atol = 1e-6 * max_abs(want).max(floor);
+    for (i, (a, b)) in to_f64(got).iter().zip(&to_f64(want)).enumerate() {
+        let tol = 1e-5 * b.abs() + atol;
+        assert!(
+            (a - b).abs() <= tol,
+            "{what}[{i}]: got {a}, want {b} (tol {tol})"
+        );
+    }
+}
+
+/// Bitwise equal values and equal shapes.
+fn assert_same(what: &str, got: &Tensor, want: &Tensor) {
+    assert_eq!(got.dims(), want.dims(), "{what}: shape");
+    assert_eq!(to_f64(got), to_f64(want), "{what}");
+}
+
+/// Leaves of `dtype` built from fixture inputs, as `Var`s.
+fn vars(f: &HashMap<String, Tensor>, case: &str, names: &[&str], dtype: DType) -> Vec<Var> {
+    names
+        .iter()
+        .map(|n| Var::from_tensor(&get(f, case, n).to_dtype(dtype).unwrap()).unwrap())
+        .collect()
+}
+
+/// Runs `op` on the case's inputs in `dtype`, backpropagates the fixture's `gy` and compares
+/// the output and every input gradient with PyTorch.
+fn check_case(f: &HashMap<String, Tensor>, case: &str, inputs: &[&str], dtype: DType, op: Op) {
+    let vs = vars(f, case, inputs, dtype);
+    let ts: Vec<Tensor> = vs.iter().map(|v| v.as_tensor().clone()).collect();
+    let y = op(&ts).unwrap();
+    assert_eq!(y.dtype(), dtype, "{case}: dtype");
+    assert_close(
+        &format!("{case}.y ({dtype:?})"),
+        &y,
+        &get(f, case, "y"),
+        0.0,
+    );
+    let gy = get(f, case, "gy").to_dtype(dtype).unwrap();
+    let floor = max_abs(&gy);
+    let grads = (y * gy).unwrap().sum_all().unwrap().backward().unwrap();
+    for (name, v) in inputs.iter().zip(&vs) {
+        let g = grads
+            .get(v.as_tensor())
+            .unwrap_or_else(|| panic!("{case}: no grad for {name}"));
+        let want = get(f, case, &format!("g{name}"));
+        assert_close(&format!("{case}.g{name} ({dtype:?})"), g, &want, floor);
+    }
+}
+
+fn ln_op(v: &[Tensor]) -> Result<Tensor> {
+    layer_norm(&v[0], &v[1], &v[2], EPS)
+}
+
+fn softmax_op(v: &[Tensor]) -> Result<Tensor> {
+    softmax_last_dim(&v[0])
+}
+
+fn gelu_op(v: &[Tensor]) -> Result<Tensor> {
+    gelu_erf(&v[0])
+}
+
+fn bias_op(v: &[Tensor]) -> Result<Tensor> {
+    bias_add(&v[0], &v[1])
+}
+
+/// f32 runs the custom ops, f64 the composite fallback; both must match PyTorch.
+const DTYPES: [DType; 2] = [DType::F32, DType::F64];
+
+#[test]
+fn layer_norm_matches_torch() {
+    let f = fixtures().unwrap();
+    for dtype in DTYPES {
+        for case in ["ln", "ln_wide", "ln_offset"] {
+            check_case(&f, case, &["x", "w", "b"], dtype, ln_op);
+        }
+    }
+}
+
+#[test]
+fn softmax_matches_torch() {
+    let f = fixtures().unwrap();
+    for dtype in DTYPES {
+        for case in ["softmax", "softmax_wide", "softmax_large"] {
+            check_case(&f, case, &["x"], dtype, softmax_op);
+        }
+    }
+}
+
+#[test]
+fn gelu_matches_torch() {
+    let f = fixtures().unwrap();
+    for dtype in DTYPES {
+        for case in ["gelu", "gelu_grid"] {
+            check_case(&f, case, &["x"], dtype, gelu_op);
+        }
+    }
+}
+
+#[test]
+fn bias_add_matches_torch() {
+    let f = fixtures().unwrap();
+    for dtype in DTYPES {
+        for case in ["bias", "bias_wide"] {
+            check_case(&f, case, &["x", "b"], dtype, bias_op);
+        }
+    }
+}
+
+fn randn(rng: &mut StdRng, dims: &[usize], scale: f32) -> Tensor {
+    let n = dims.iter().product();
+    let v: Vec<f32> = (0..n)
+        .map(|_| scale * Distribution::<f32>::sample(&StandardNormal, rng))
+        .collect();
+    Tensor::from_vec(v, dims, &Device::Cpu).unwrap()
+}
+
+/// `Σ y·gy` backpropagated: the output of `op` and the gradients of the leaves `vars`.
+fn eval_with_grads(op: Op, inputs: &[Tensor], vars: &[Var], gy: &Tensor) -> (Tensor, Vec<Tensor>) {
+    let y = op(inputs).unwrap();
+    let gy = gy.to_dtype(y.dtype()).unwrap();
+    let grads = (&y * gy).unwrap().sum_all().unwrap().backward().unwrap();
+    let gs = vars
+        .iter()
+        .map(|v| {
+            grads
+                .get(v.as_tensor())
+                .expect("gradient reaches every input")
+                .clone()
+        })
+        .collect();
+    (y, gs)
+}
+
+/// `Var`s holding `inputs`, and the inputs as tensors tracked through them.
+fn leaves(inputs: &[Tensor]) -> (Vec<Var>, Vec<Tensor>) {
+    let vars: Vec<Var> = inputs
+        .iter()
+        .map(|t| Var::from_tensor(t).unwrap())
+        .collect();
+    let tensors = vars.iter().map(|v| v.as_tensor().clone()).collect();
+    (vars, tensors)
+}
+
+type Op = fn(&[Tensor]) -> Result<Tensor>;
+
+/// `(name, op, inputs)` for activations `[b, t, d]` and parameters `[d]`.
+fn cases(rng: &mut StdRng, b: usize, t: usize, d: usize) -> Vec<(&'static str, Op, Vec<Tensor>)> {
+    let mut x = || randn(rng, &[b, t, d], 3.0);
+    let (x1, x2, x3, x4) = (x(), x(), x(), x());
+    vec![
+        (
+            "layer_norm",
+            ln_op,
+            vec![x1, randn(rng, &[d], 1.0), randn(rng, &[d], 1.0)],
+        ),
+        ("softmax", softmax_op, vec![x2]),
+        ("gelu", gelu_op, vec![x3]),
+        ("bias_add", bias_op, vec![x4, randn(rng, &[d], 1.0)]),
+    ]
+}
+
+/// The custom-op path (f32) equals the composite fallback (the same values in f64) on inputs
+/// large enough to be split over many parallel tasks (ViT-Tiny activations, batch 8).
+#[test]
+fn custom_ops_match_composite_fallback_on_large_inputs() {
+    let mut rng = StdRng::seed_from_u64(7);
+    for (name, op, inputs) in cases(&mut rng, 8, 65, 192) {
+        let gy = randn(&mut rng, inputs[0].dims(), 1.0);
+        let (vars, tensors) = leaves(&inputs);
+        let (y32, g32) = eval_with_grads(op, &tensors, &vars, &gy);
+        let inputs64: Vec<Tensor> = inputs
+            .iter()
+            .map(|t| t.to_dtype(DType::F64).unwrap())
+            .collect();
+        let (vars, tensors) = leaves(&inputs64);
+        let (y64, g64) = eval_with_grads(op, &tensors, &vars, &gy);
+        assert_eq!((y32.dtype(), y64.dtype()), (DType::F32, DType::F64));
+        assert_close(&format!("{name}.y"), &y32, &y64, 0.0);
+        for (i, (a, b)) in g32.iter().zip(&g64).enumerate() {
+            assert_close(&format!("{name}.grad[{i}]"), a, b, max_abs(&gy));
+        }
+    }
+}
+
+/// Every input of every op is a `Var` that gets a finite gradient of its shape, not all zero.
+#[test]
+fn gradients_reach_every_var() {
+    let mut rng = StdRng::seed_from_u64(11);
+    for (name, op, inputs) in cases(&mut rng, 2, 3, 8) {
+        let gy = randn(&mut rng, inputs[0].dims(), 1.0);
+        let (vars, tensors) = leaves(&inputs);
+        let (_, grads) = eval_with_grads(op, &tensors, &vars, &gy);
+        for (i, (g, x)) in grads.iter().zip(&inputs).enumerate() {
+            assert_eq!(g.dims(), x.dims(), "{name}: grad {i} shape");
+            let v = g.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            assert!(
+                v.iter().all(|x| x.is_finite()),
+                "{name}: grad {i} not finite"
+            );
+            assert!(v.iter().any(|&x| x != 0.0), "{name}: grad {i} is zero");
+        }
+    }
+}
+
+type View = Box<dyn Fn(&Tensor) -> Tensor>;
+
+/// `(base, view)` where `view(base)` is a non-contiguous tensor equal to `t`. For rank ≥ 2:
+/// the last two dims stored transposed (`k = 0`) or the last dim narrowed out of a wider one
+/// (`k = 1`); for vectors: every second element of a `[d, 2]` matrix.
+fn strided_view(t: &Tensor, k: usize) -> (Tensor, View) {
+    let last = t.rank() - 1;
+    let d = t.dim(last).unwrap();
+    if last == 0 {
+        let base = Tensor::stack(&[t, &t.zeros_like().unwrap()], 1).unwrap();
+        (
+            base,
+            Box::new(|b: &Tensor| b.narrow(1, 0, 1).unwrap().squeeze(1).unwrap()),
+        )
+    } else if k == 0 {
+        let base = t.transpose(last - 1, last).unwrap().contiguous().unwrap();
+        (
+            base,
+            Box::new(move |b: &Tensor| b.transpose(last - 1, last).unwrap()),
+        )
+    } else {
+        let pad = t.narrow(last, 0, 2).unwrap().zeros_like().unwrap();
+        let base = Tensor::cat(&[&pad, t, &pad], last).unwrap();
+        (
+            base,
+            Box::new(move |b: &Tensor| b.narrow(last, 2, d).unwrap()),
+        )
+    }
+}
+
+/// A non-contiguous input (transposed, narrowed; parameters with stride 2) gives the same
+/// output and gradients as its contiguous copy.
+#[test]
+fn non_contiguous_inputs_match_contiguous_copies() {
+    let mut rng = StdRng::seed_from_u64(13);
+    for (name, op, inputs) in cases(&mut rng, 2, 5, 12) {
+        let gy = randn(&mut rng, inputs[0].dims(), 1.0);
+        let (vars, tensors) = leaves(&inputs);
+        let (y_ref, g_ref) = eval_with_grads(op, &tensors, &vars, &gy);
+        for k in 0..2 {
+            let mut bases = Vec::new();
+            let mut views = Vec::new();
+            for x in &inputs {
+                let (base, view) = strided_view(x, k);
+                let var = Var::from_tensor(&base).unwrap();
+                let v = view(var.as_tensor());
+                assert!(!v.is_contiguous(), "{name}: view {k} is contiguous");
+                bases.push((var, view));
+                views.push(v);
+            }
+            let y = op(&views).unwrap();
+            assert_same(&format!("{name}.y view {k}"), &y, &y_ref);
+            let grads = (&y * &gy).unwrap().sum_all().unwrap().backward().unwrap();
+            for (i, ((var, view), g)) in bases.iter().zip(&g_ref).enumerate() {
+                let gb = grads
+                    .get(var.as_tensor())
+                    .expect("gradient reaches the base");
+                assert_same(&format!("{name}.grad[{i}] view {k}"), &view(gb), g);
+            }
+        }
+    }
+}
+
+/// Wrong parameter shapes and rank-0 inputs are errors, not panics.
+#[test]
+fn invalid_shapes_are_errors() {
+    let x = Tensor::zeros((2, 8), DType::F32, &Device::Cpu).unwrap();
+    let p7 = Tensor::zeros(7, DType::F32, &Device::Cpu).unwrap();
+    let p8 = Tensor::zeros(8, DType::F32, &Device::Cpu).unwrap();
+    let scalar = Tensor::new(1.0f32, &Device::Cpu).unwrap();
+    assert!(layer_norm(&x, &p7, &p8, EPS).is_err());
+    assert!(layer_norm(&x, &p8, &p7, EPS).is_err());
+    assert!(layer_norm(&x, &x, &p8, EPS).is_err());
+    assert!(bias_add(&x, &p7).is_err());
+    assert!(softmax_last_dim(&scalar).is_err());
+    assert!(layer_norm(&x, &p8, &p8, EPS).is_ok());
+}
+
+/// Empty inputs give empty outputs of the same shape (and empty gradients).
+#[test]
+fn empty_inputs_give_empty_outputs() {
+    for dims in [[0usize, 8], [3, 0]] {
+        let x = Var::zeros(&dims[..], DType::F32, &Device::Cpu).unwrap();
+        let p = Var::zeros(dims[1], DType::F32, &Device::Cpu).unwrap();
+        let outs = [
+            layer_norm(&x, &p, &p, EPS).unwrap(),
+            softmax_last_dim(&x).unwrap(),
+            gelu_erf(&x).unwrap(),
+            bias_add(&x, &p).unwrap(),
+        ];
+        for y in outs {
+            assert_eq!(y.dims(), &dims[..]);
+            let grads = y.sum_all().unwrap().backward().unwrap();
+            assert_eq!(grads.get(x.as_tensor()).unwrap().dims(), &dims[..]);
+        }
+    }
+}

@@ -1,0 +1,69 @@
+//! Command-line parsing and the subcommands.
+
+mod eval;
+mod train;
+
+use anyhow::{bail, Result};
+use candle_core::Device;
+use clap::{Parser, Subcommand};
+
+/// multimix: train with MultiMix and dense MultiMix, evaluate robustness, OOD detection and
+/// calibration.
+#[derive(Debug, Parser)]
+#[command(name = "multimix", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Train a classifier (by default a small ViT with dense MultiMix on the embedded
+    /// Fashion-MNIST subset), then evaluate it.
+    Train(train::TrainArgs),
+    /// Evaluate a saved run and rewrite its report.
+    Eval(eval::EvalArgs),
+}
+
+/// Parse the command line and run the subcommand.
+pub fn run() -> Result<()> {
+    match Cli::parse().command {
+        Command::Train(args) => train::run(args),
+        Command::Eval(args) => eval::run(args),
+    }
+}
+
+/// The device named by `--device`: `cpu`, `cuda` or `cuda:N` (with the `cuda` feature).
+pub fn device(name: &str) -> Result<Device> {
+    match name {
+        "cpu" => Ok(Device::Cpu),
+        _ => {
+            let ordinal = match name.strip_prefix("cuda") {
+                Some("") => 0,
+                Some(rest) => match rest.strip_prefix(':').and_then(|n| n.parse().ok()) {
+                    Some(n) => n,
+                    None => bail!("--device {name}: expected cpu, cuda or cuda:N"),
+                },
+                None => bail!("--device {name}: expected cpu, cuda or cuda:N"),
+            };
+            if !candle_core::utils::cuda_is_available() {
+                bail!("--device {name}: this build has no CUDA support (rebuild with --features cuda)");
+            }
+            Ok(Device::new_cuda(ordinal)?)
+        }
+    }
+}
+
+/// An error and its causes on one line, each cause cut to its first line (candle appends
+/// backtraces to its messages when RUST_BACKTRACE is set).
+pub fn one_line(err: &anyhow::Error) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    for cause in err.chain() {
+        let text = cause.to_string();
+        let first = text.lines().next().unwrap_or("").trim().to_string();
+        if !first.is_empty() && !parts.iter().any(|p| p.contains(&first)) {
+            parts.push(first);
+        }
+    }
+    parts.join(": ")
+}
