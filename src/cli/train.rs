@@ -6,7 +6,7 @@ use multimix::evaluation::{evaluate_model, write_report};
 use multimix_recipes::config::{MixMethod, TrainConfig};
 use multimix_recipes::progress::Bar;
 use multimix_recipes::run::RunDir;
-use multimix_recipes::train::{train, TrainControl};
+use multimix_recipes::train::{TrainControl, Trainer};
 use std::path::PathBuf;
 
 /// Options of `multimix train`; each overrides the same key of `--config`.
@@ -123,7 +123,7 @@ impl TrainArgs {
 /// Train, evaluate, write the report, print the run directory.
 pub fn run(args: TrainArgs) -> Result<()> {
     let device = super::device(&args.device)?;
-    let (run, cfg, resume) = match &args.resume {
+    let (run, trainer, resume) = match &args.resume {
         Some(dir) => {
             if args.has_overrides() {
                 bail!(
@@ -132,26 +132,19 @@ pub fn run(args: TrainArgs) -> Result<()> {
                 );
             }
             let run = RunDir::open(dir)?;
-            let cfg = run.read_config()?;
-            (run, cfg, true)
+            let trainer = Trainer::new(run.read_config()?, &device)?;
+            (run, trainer, true)
         }
         None => {
-            let cfg = args.config()?;
+            let trainer = Trainer::new(args.config()?, &device)?;
             let path = args
                 .out
                 .clone()
-                .unwrap_or_else(|| RunDir::default_path(&cfg));
-            (RunDir::create(&path)?, cfg, false)
+                .unwrap_or_else(|| RunDir::default_path(trainer.config()));
+            (RunDir::create(&path)?, trainer, false)
         }
     };
-    let outcome = train(
-        cfg,
-        &run,
-        resume,
-        &device,
-        &TrainControl::default(),
-        &mut Bar::new(),
-    )?;
+    let outcome = trainer.run(&run, resume, &TrainControl::default(), &mut Bar::new())?;
     eprintln!("evaluating (accuracy, calibration, FGSM, OOD) ...");
     let report = evaluate_model(&outcome.model, &outcome.config.eval, &outcome.test, &device)?;
     write_report(&run, &report)?;

@@ -108,7 +108,10 @@ impl VitConfig {
                 message,
             })
         };
-        if self.patch_size == 0 || self.img_size == 0 || !self.img_size.is_multiple_of(self.patch_size) {
+        if self.patch_size == 0
+            || self.img_size == 0
+            || !self.img_size.is_multiple_of(self.patch_size)
+        {
             return invalid(format!(
                 "img_size {} must be a positive multiple of patch_size {}",
                 self.img_size, self.patch_size

@@ -112,6 +112,9 @@ pub struct MixConfig {
     pub attn_detach: bool,
     /// Label smoothing folded into the targets.
     pub label_smoothing: f64,
+    /// Add the clean (unmixed) cross-entropy to the mixed loss (METHOD.md §2 option; the paper
+    /// trains on mixed examples only).
+    pub clean_loss: bool,
 }
 
 impl Default for MixConfig {
@@ -126,6 +129,7 @@ impl Default for MixConfig {
             attn_norm: AttnNorm::Softmax,
             attn_detach: true,
             label_smoothing: 0.0,
+            clean_loss: false,
         }
     }
 }

@@ -43,8 +43,9 @@ fn multimix(cfg: &MixConfig) -> MultiMix {
     }
 }
 
-/// The loss of one training batch of images in [0, 1] under the configured mixing method.
-/// Dropout masks are drawn first, then the mixing coefficients, both from `rng`.
+/// The loss of one training batch of images in [0, 1] under the configured mixing method,
+/// plus the clean cross-entropy when `clean_loss` is set. Dropout masks are drawn first, then
+/// the mixing coefficients, both from `rng`.
 pub fn training_loss(
     model: &Model,
     images: &Tensor,
@@ -52,28 +53,45 @@ pub fn training_loss(
     cfg: &MixConfig,
     rng: &mut ChaCha8Rng,
 ) -> Result<Tensor> {
-    let device = images.device();
-    let targets = smooth_one_hot(
-        labels,
-        model.config().num_classes(),
-        cfg.label_smoothing,
-        device,
-    )?;
-    let head = model.backbone().head();
+    let num_classes = model.config().num_classes();
+    let targets = smooth_one_hot(labels, num_classes, cfg.label_smoothing, images.device())?;
     let features = model.forward_features(images, &mut Ctx::train(rng))?;
+    let mixed = mixed_loss(model, &features, labels, &targets, cfg, rng)?;
+    if cfg.clean_loss && cfg.method != MixMethod::None {
+        let z = model
+            .backbone()
+            .pre_logits(&features, &mut Ctx::train(rng))?;
+        let clean = soft_cross_entropy(&model.backbone().head().forward(&z)?, &targets)?;
+        Ok((mixed + clean)?)
+    } else {
+        Ok(mixed)
+    }
+}
+
+/// The loss of the configured method on the `features` of a batch with `targets` `[b, c]`.
+fn mixed_loss(
+    model: &Model,
+    features: &Tensor,
+    labels: &[u32],
+    targets: &Tensor,
+    cfg: &MixConfig,
+    rng: &mut ChaCha8Rng,
+) -> Result<Tensor> {
+    let device = features.device();
+    let head = model.backbone().head();
     let b = labels.len();
     match cfg.method {
         MixMethod::None => {
             let z = model
                 .backbone()
-                .pre_logits(&features, &mut Ctx::train(rng))?;
-            Ok(soft_cross_entropy(&head.forward(&z)?, &targets)?)
+                .pre_logits(features, &mut Ctx::train(rng))?;
+            Ok(soft_cross_entropy(&head.forward(&z)?, targets)?)
         }
         MixMethod::Multimix => {
             // METHOD.md §2: Z̃ = Λ Z, Ỹ = Λ Y, loss H(Ỹ, g(Z̃)); g(ΛZ) = Λ g(Z) for the affine head.
             let z = model
                 .backbone()
-                .pre_logits(&features, &mut Ctx::train(rng))?;
+                .pre_logits(features, &mut Ctx::train(rng))?;
             let lambda = multimix(cfg).sample(b, rng, device)?;
             let mixed_logits = match cfg.space {
                 MixSpace::Logits => mix_rows(&lambda, &head.forward(&z)?)?,
@@ -81,12 +99,12 @@ pub fn training_loss(
             };
             Ok(soft_cross_entropy(
                 &mixed_logits,
-                &mix_rows(&lambda, &targets)?,
+                &mix_rows(&lambda, targets)?,
             )?)
         }
         MixMethod::DenseMultimix => {
             // METHOD.md §3: per-position weights ξ̂ from Λ and the attention, dense loss over n·r terms.
-            let z = model.backbone().dense(&features)?;
+            let z = model.backbone().dense(features)?;
             let z_att = if cfg.attn_detach {
                 z.detach()
             } else {
@@ -104,7 +122,7 @@ pub fn training_loss(
                     Some(cam_query(&w, &ids)?)
                 }
                 AttnQuery::Cls => {
-                    let cls = model.backbone().class_token(&features)?.ok_or_else(|| {
+                    let cls = model.backbone().class_token(features)?.ok_or_else(|| {
                         RecipeError::Config(format!(
                             "attn-query cls needs a model with a class token; `{}` has none",
                             model.config().architecture
@@ -123,7 +141,7 @@ pub fn training_loss(
             };
             Ok(soft_cross_entropy(
                 &mixed_logits,
-                &mix_dense_targets(&xi, &targets)?,
+                &mix_dense_targets(&xi, targets)?,
             )?)
         }
     }

@@ -236,135 +236,192 @@ fn load_checkpoint(
     })
 }
 
-/// Train a classifier as configured, writing the run directory as it goes. With `resume`, the
-/// run continues from `checkpoint.safetensors` exactly where it stopped (same batches, same
-/// mixing coefficients, same result as a run straight through).
-pub fn train(
-    mut cfg: TrainConfig,
-    run: &RunDir,
-    resume: bool,
-    device: &Device,
-    control: &TrainControl,
-    progress: &mut dyn Progress,
-) -> Result<TrainOutcome> {
-    let spec: DataSpec = cfg.data.spec.parse()?;
-    let splits = spec.load()?;
-    let train_set = splits.train.ok_or_else(|| {
-        RecipeError::Config(format!(
-            "data `{spec}` has no training split: choose a training set with --data"
-        ))
-    })?;
-    let model_cfg = resolve_model(&mut cfg, &train_set)?;
-    validate(&cfg.mix, cfg.train.batch_size)?;
-    if cfg.train.batch_size == 0 || cfg.train.epochs == 0 {
-        return Err(RecipeError::Config(
-            "batch-size and epochs must be at least 1".into(),
-        ));
-    }
-    let shape = (
-        model_cfg.arch.in_chans(),
-        model_cfg.arch.img_size(),
-        model_cfg.arch.img_size(),
-    );
-    let train_set = Arc::new(conform(train_set, shape)?);
-    let test_set = Arc::new(conform(splits.test, shape)?);
-    let loader = LoaderConfig::train(
-        cfg.train.batch_size,
-        Augment {
-            crop_padding: cfg.data.crop_padding,
-            hflip: cfg.data.hflip,
-        },
-    );
-    let steps_per_epoch = loader.batches_per_epoch(train_set.len());
-    if steps_per_epoch == 0 {
-        return Err(RecipeError::Config(format!(
-            "batch-size {} is larger than the {} training images",
-            cfg.train.batch_size,
-            train_set.len()
-        )));
-    }
-    let total_steps =
-        (cfg.train.epochs * steps_per_epoch).min(cfg.train.max_steps.unwrap_or(usize::MAX));
-    let schedule = build_schedule(&cfg, steps_per_epoch, total_steps);
-    schedule
-        .validate()
-        .map_err(|e| RecipeError::Config(e.to_string()))?;
+/// A training run, fully prepared: data loaded, model built and initialized, optimizer and
+/// schedule made. Building it validates the whole configuration, so nothing is written before
+/// the configuration is known to be good.
+pub struct Trainer {
+    cfg: TrainConfig,
+    device: Device,
+    train_set: Arc<Dataset>,
+    test_set: Arc<Dataset>,
+    loader: LoaderConfig,
+    total_steps: usize,
+    schedule: LrSchedule,
+    rng: ChaCha8Rng,
+    model: Model,
+    opt: Box<dyn Optimizer>,
+}
 
-    let mut rng = ChaCha8Rng::seed_from_u64(cfg.seed);
-    let model = Model::new(&model_cfg, device, rng.next_u64())?;
-    let mut opt = build_optimizer(&cfg, &model)?;
-    let (mut epoch, mut step, mut metrics) = (0, 0, Vec::new());
-    if resume {
-        let r = load_checkpoint(run, &model, opt.as_mut(), device)?;
-        (epoch, step, metrics, rng) = (r.epoch, r.step, r.metrics, r.rng);
-    } else {
-        run.write_config(&cfg)?;
+impl Trainer {
+    /// Prepare a run of `cfg` on `device`: load the data, resolve and build the model (its
+    /// weights drawn from the run's RNG), the optimizer and the schedule.
+    pub fn new(mut cfg: TrainConfig, device: &Device) -> Result<Self> {
+        let spec: DataSpec = cfg.data.spec.parse()?;
+        let splits = spec.load()?;
+        let train_set = splits.train.ok_or_else(|| {
+            RecipeError::Config(format!(
+                "data `{spec}` has no training split: choose a training set with --data"
+            ))
+        })?;
+        let model_cfg = resolve_model(&mut cfg, &train_set)?;
+        validate(&cfg.mix, cfg.train.batch_size)?;
+        if cfg.train.batch_size == 0 || cfg.train.epochs == 0 {
+            return Err(RecipeError::Config(
+                "batch-size and epochs must be at least 1".into(),
+            ));
+        }
+        let shape = (
+            model_cfg.arch.in_chans(),
+            model_cfg.arch.img_size(),
+            model_cfg.arch.img_size(),
+        );
+        let train_set = Arc::new(conform(train_set, shape)?);
+        let test_set = Arc::new(conform(splits.test, shape)?);
+        let loader = LoaderConfig::train(
+            cfg.train.batch_size,
+            Augment {
+                crop_padding: cfg.data.crop_padding,
+                hflip: cfg.data.hflip,
+            },
+        );
+        let steps_per_epoch = loader.batches_per_epoch(train_set.len());
+        if steps_per_epoch == 0 {
+            return Err(RecipeError::Config(format!(
+                "batch-size {} is larger than the {} training images",
+                cfg.train.batch_size,
+                train_set.len()
+            )));
+        }
+        let total_steps =
+            (cfg.train.epochs * steps_per_epoch).min(cfg.train.max_steps.unwrap_or(usize::MAX));
+        let schedule = build_schedule(&cfg, steps_per_epoch, total_steps);
+        schedule
+            .validate()
+            .map_err(|e| RecipeError::Config(e.to_string()))?;
+        let mut rng = ChaCha8Rng::seed_from_u64(cfg.seed);
+        let model = Model::new(&model_cfg, device, rng.next_u64())?;
+        let opt = build_optimizer(&cfg, &model)?;
+        Ok(Self {
+            cfg,
+            device: device.clone(),
+            train_set,
+            test_set,
+            loader,
+            total_steps,
+            schedule,
+            rng,
+            model,
+            opt,
+        })
     }
-    let vars: Vec<_> = model
-        .params()
-        .trainable()
-        .into_iter()
-        .map(|(_, v)| v)
-        .collect();
-    progress.start(total_steps, step);
-    while epoch < cfg.train.epochs && step < total_steps {
-        epoch += 1;
-        let epoch_seed = rng.next_u64();
-        let (mut loss_sum, mut seen, mut busy, mut lr) = (0.0f64, 0usize, 0.0f64, 0.0);
-        for batch in Batches::new(train_set.clone(), loader, epoch_seed) {
-            if step >= total_steps {
+
+    /// The resolved configuration (what `config.toml` will hold).
+    pub fn config(&self) -> &TrainConfig {
+        &self.cfg
+    }
+
+    /// The model being trained.
+    pub fn model(&self) -> &Model {
+        &self.model
+    }
+
+    /// Train, writing the run directory as it goes: `config.toml` first, then after every epoch
+    /// a checkpoint, the weights and `metrics.jsonl`. With `resume`, continue from the run's
+    /// `checkpoint.safetensors` exactly where it stopped (same batches, same mixing
+    /// coefficients, same result as a run straight through).
+    pub fn run(
+        mut self,
+        run: &RunDir,
+        resume: bool,
+        control: &TrainControl,
+        progress: &mut dyn Progress,
+    ) -> Result<TrainOutcome> {
+        let (mut epoch, mut step, mut metrics) = (0, 0, Vec::new());
+        if resume {
+            let r = load_checkpoint(run, &self.model, self.opt.as_mut(), &self.device)?;
+            (epoch, step, metrics, self.rng) = (r.epoch, r.step, r.metrics, r.rng);
+        } else {
+            run.write_config(&self.cfg)?;
+        }
+        let (cfg, device, model) = (&self.cfg, &self.device, &self.model);
+        let vars: Vec<_> = model
+            .params()
+            .trainable()
+            .into_iter()
+            .map(|(_, v)| v)
+            .collect();
+        progress.start(self.total_steps, step);
+        while epoch < cfg.train.epochs && step < self.total_steps {
+            epoch += 1;
+            let epoch_seed = self.rng.next_u64();
+            let (mut loss_sum, mut seen, mut busy, mut lr) = (0.0f64, 0usize, 0.0f64, 0.0);
+            for batch in Batches::new(self.train_set.clone(), self.loader, epoch_seed) {
+                if step >= self.total_steps {
+                    break;
+                }
+                let t0 = Instant::now();
+                let images = Tensor::from_slice(&batch.images, batch.shape.to_vec(), device)?;
+                let loss = training_loss(model, &images, &batch.labels, &cfg.mix, &mut self.rng)?;
+                let loss_value = loss.to_scalar::<f32>()?;
+                if !loss_value.is_finite() {
+                    return Err(RecipeError::NonFiniteLoss {
+                        epoch,
+                        step: step + 1,
+                        loss: loss_value,
+                    });
+                }
+                let mut grads = loss.backward()?;
+                if let Some(max_norm) = cfg.optim.clip_grad {
+                    clip_grad_norm(&mut grads, &vars, max_norm)?;
+                }
+                lr = self.schedule.lr_at(step);
+                self.opt.step(&grads, lr)?;
+                step += 1;
+                busy += t0.elapsed().as_secs_f64();
+                seen += batch.labels.len();
+                loss_sum += loss_value as f64 * batch.labels.len() as f64;
+                progress.step(
+                    epoch,
+                    cfg.train.epochs,
+                    loss_value as f64,
+                    seen as f64 / busy.max(1e-9),
+                );
+            }
+            let test_logits = logits(model, &self.test_set, cfg.eval.batch_size, device)?;
+            let m = EpochMetrics {
+                epoch,
+                step,
+                train_loss: loss_sum / seen.max(1) as f64,
+                test_accuracy: top1(
+                    &test_logits,
+                    &self.test_set.labels,
+                    model.config().num_classes(),
+                ),
+                lr,
+                images_per_sec: seen as f64 / busy.max(1e-9),
+            };
+            progress.epoch(&m, cfg.train.epochs);
+            metrics.push(m);
+            save_checkpoint(
+                run,
+                model,
+                self.opt.as_ref(),
+                &self.rng,
+                epoch,
+                step,
+                &metrics,
+            )?;
+            run.write_metrics(&metrics)?;
+            if control.stop_after_epochs.is_some_and(|k| epoch >= k) {
                 break;
             }
-            let t0 = Instant::now();
-            let images = Tensor::from_slice(&batch.images, batch.shape.to_vec(), device)?;
-            let loss = training_loss(&model, &images, &batch.labels, &cfg.mix, &mut rng)?;
-            let loss_value = loss.to_scalar::<f32>()?;
-            if !loss_value.is_finite() {
-                return Err(RecipeError::NonFiniteLoss {
-                    epoch,
-                    step: step + 1,
-                    loss: loss_value,
-                });
-            }
-            let mut grads = loss.backward()?;
-            if let Some(max_norm) = cfg.optim.clip_grad {
-                clip_grad_norm(&mut grads, &vars, max_norm)?;
-            }
-            lr = schedule.lr_at(step);
-            opt.step(&grads, lr)?;
-            step += 1;
-            busy += t0.elapsed().as_secs_f64();
-            seen += batch.labels.len();
-            loss_sum += loss_value as f64 * batch.labels.len() as f64;
-            progress.step(
-                epoch,
-                cfg.train.epochs,
-                loss_value as f64,
-                seen as f64 / busy.max(1e-9),
-            );
         }
-        let test_logits = logits(&model, &test_set, cfg.eval.batch_size, device)?;
-        let m = EpochMetrics {
-            epoch,
-            step,
-            train_loss: loss_sum / seen.max(1) as f64,
-            test_accuracy: top1(&test_logits, &test_set.labels, model_cfg.num_classes()),
-            lr,
-            images_per_sec: seen as f64 / busy.max(1e-9),
-        };
-        progress.epoch(&m, cfg.train.epochs);
-        metrics.push(m);
-        save_checkpoint(run, &model, opt.as_ref(), &rng, epoch, step, &metrics)?;
-        run.write_metrics(&metrics)?;
-        if control.stop_after_epochs.is_some_and(|k| epoch >= k) {
-            break;
-        }
+        progress.finish();
+        Ok(TrainOutcome {
+            model: self.model,
+            config: self.cfg,
+            test: self.test_set,
+            metrics,
+        })
     }
-    progress.finish();
-    Ok(TrainOutcome {
-        model,
-        config: cfg,
-        test: test_set,
-        metrics,
-    })
 }

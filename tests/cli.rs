@@ -1,0 +1,125 @@
+//! Bad input on the command line: a clear one-line error naming the problem, a nonzero exit,
+//! and nothing already written is damaged.
+
+mod common;
+
+use std::path::Path;
+
+/// Write the tiny configuration into `dir` and return its path.
+fn tiny_config(dir: &Path) -> String {
+    let path = dir.join("tiny.toml");
+    std::fs::write(&path, common::TINY_CONFIG).unwrap();
+    path.display().to_string()
+}
+
+fn stderr_line(out: &std::process::Output) -> String {
+    assert!(!out.status.success(), "expected a failure, got success");
+    let err = String::from_utf8_lossy(&out.stderr).to_string();
+    let lines: Vec<&str> = err.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(lines.len(), 1, "expected one line, got: {err}");
+    lines[0].to_string()
+}
+
+/// Every file under `dir` with its bytes.
+fn snapshot(dir: &Path) -> Vec<(String, Vec<u8>)> {
+    let mut files: Vec<(String, Vec<u8>)> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.is_file())
+        .map(|p| (p.display().to_string(), std::fs::read(&p).unwrap()))
+        .collect();
+    files.sort();
+    files
+}
+
+#[test]
+fn missing_data_path_is_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let out_dir = dir.path().join("run");
+    let line = stderr_line(&common::multimix(&[
+        "train",
+        "--data",
+        "idx:/nonexistent/fashion",
+        "--out",
+        out_dir.to_str().unwrap(),
+    ]));
+    assert!(
+        line.starts_with("error: ") && line.contains("/nonexistent/fashion"),
+        "{line}"
+    );
+    assert!(
+        !out_dir.exists(),
+        "a failed start must not leave a run directory"
+    );
+}
+
+#[test]
+fn zero_tuples_is_out_of_range() {
+    let dir = tempfile::tempdir().unwrap();
+    let out_dir = dir.path().join("run");
+    let line = stderr_line(&common::multimix(&[
+        "train",
+        "--mix-n",
+        "0",
+        "--out",
+        out_dir.to_str().unwrap(),
+    ]));
+    assert!(line.contains("mix-n") && line.contains("0"), "{line}");
+    assert!(!out_dir.exists());
+}
+
+#[test]
+fn unknown_flag_value_is_named() {
+    let out = common::multimix(&["train", "--mix", "blend"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("blend"));
+}
+
+#[test]
+fn a_checkpoint_that_is_not_safetensors_is_refused_and_the_run_is_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = dir.path().join("run");
+    let config = tiny_config(dir.path());
+    let out = common::multimix(&["train", "--config", &config, "--out", run.to_str().unwrap()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let before = snapshot(&run);
+
+    // Training into an existing run directory is refused and changes nothing.
+    let line = stderr_line(&common::multimix(&[
+        "train",
+        "--config",
+        &config,
+        "--out",
+        run.to_str().unwrap(),
+    ]));
+    assert!(line.contains("already exists"), "{line}");
+    assert_eq!(snapshot(&run), before);
+
+    // A pickle where the weights should be: refused with the file named, the report kept.
+    let pickle = dir.path().join("pickled");
+    std::fs::create_dir(&pickle).unwrap();
+    for (name, bytes) in &before {
+        let target = pickle.join(Path::new(name).file_name().unwrap());
+        std::fs::write(target, bytes).unwrap();
+    }
+    std::fs::write(pickle.join("model.safetensors"), b"\x80\x02}q\x00.").unwrap();
+    let kept = snapshot(&pickle);
+    let line = stderr_line(&common::multimix(&[
+        "eval",
+        "--checkpoint",
+        pickle.to_str().unwrap(),
+    ]));
+    assert!(
+        line.contains("model.safetensors") && line.contains("pickle"),
+        "{line}"
+    );
+    assert_eq!(
+        snapshot(&pickle),
+        kept,
+        "a failed eval must not touch the run"
+    );
+}

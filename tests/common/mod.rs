@@ -1,0 +1,36 @@
+//! Shared helpers of the end-to-end tests.
+
+use std::process::{Command, Output};
+
+/// A configuration small enough for a test: a one-block ViT, a few steps of dense MultiMix.
+pub const TINY_CONFIG: &str = r#"
+seed = 3
+
+[model]
+architecture = "vit_mini_patch4_28"
+
+[model.args]
+patch_size = 7
+embed_dim = 16
+depth = 1
+num_heads = 2
+
+[mix]
+n = 64
+
+[train]
+epochs = 2
+max_steps = 4
+batch_size = 32
+
+[eval]
+batch_size = 500
+"#;
+
+/// Run the `multimix` binary with `args`.
+pub fn multimix(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_multimix"))
+        .args(args)
+        .output()
+        .expect("the multimix binary runs")
+}
