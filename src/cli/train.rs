@@ -21,7 +21,7 @@ pub struct TrainArgs {
     /// Data spec: fashion-mnist-mini (default), fashion-mnist, idx:DIR.
     #[arg(long)]
     data: Option<String>,
-    /// Architecture (e.g. vit_mini_patch4_28, vit_tiny_patch16_224).
+    /// Architecture (e.g. vit_mini_patch7_28, vit_tiny_patch16_224).
     #[arg(long)]
     model: Option<String>,
     /// Mixing method: none, multimix, dense-multimix.

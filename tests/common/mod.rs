@@ -7,7 +7,7 @@ pub const TINY_CONFIG: &str = r#"
 seed = 3
 
 [model]
-architecture = "vit_mini_patch4_28"
+architecture = "vit_mini_patch7_28"
 
 [model.args]
 patch_size = 7

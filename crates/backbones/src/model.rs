@@ -146,7 +146,9 @@ const PRESETS: &[Preset] = &[
         std: INCEPTION_STD,
     },
     Preset {
-        name: "vit_mini_patch4_28",
+        // The project's default: 4 blocks of width 96 on 4×4 patches of 7×7 pixels, patch tokens
+        // normed then averaged (so dense and pooled logits agree), for 28×28 gray images.
+        name: "vit_mini_patch7_28",
         family: Family::Vit,
         args: || {
             ArchConfig::Vit(VitConfig {
@@ -157,7 +159,7 @@ const PRESETS: &[Preset] = &[
                 class_token: false,
                 fc_norm: Some(false),
                 mlp_ratio: 2.0,
-                ..vit(4, 64, 4, 2)
+                ..vit(7, 96, 4, 3)
             })
         },
         mean: INCEPTION_MEAN,

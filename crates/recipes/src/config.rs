@@ -112,8 +112,13 @@ pub struct MixConfig {
     pub attn_detach: bool,
     /// Label smoothing folded into the targets.
     pub label_smoothing: f64,
-    /// Add the clean (unmixed) cross-entropy to the mixed loss (METHOD.md §2 option; the paper
-    /// trains on mixed examples only).
+    /// MultiMix methods: add the clean (unmixed) cross-entropy to the mixed loss (the option of
+    /// METHOD.md §2). On by default, departing from the paper, which trains on mixed examples
+    /// only: with tuples of the whole batch (m = b) and α = 1, every interpolated target is close
+    /// to the batch's label histogram and the per-example part of the gradient is about
+    /// 1/(mα + 1) of it, so a model trained from scratch for a few epochs barely learns (pooled
+    /// MultiMix: 22 % test accuracy after 3 epochs on the default data; with the clean term the
+    /// default run reaches 84 %). Set `false` to train as the paper does.
     pub clean_loss: bool,
 }
 
@@ -129,7 +134,7 @@ impl Default for MixConfig {
             attn_norm: AttnNorm::Softmax,
             attn_detach: true,
             label_smoothing: 0.0,
-            clean_loss: false,
+            clean_loss: true,
         }
     }
 }
@@ -296,8 +301,8 @@ pub struct TrainConfig {
     pub eval: EvalConfig,
 }
 
-/// The default model: a small ViT (4 blocks, width 64, 4×4 patches) for 28×28 gray images.
-pub const DEFAULT_ARCHITECTURE: &str = "vit_mini_patch4_28";
+/// The default model: a small ViT (4 blocks, width 96, 7×7-pixel patches) for 28×28 gray images.
+pub const DEFAULT_ARCHITECTURE: &str = "vit_mini_patch7_28";
 
 impl Default for TrainConfig {
     fn default() -> Self {

@@ -57,7 +57,7 @@ pub fn training_loss(
     let targets = smooth_one_hot(labels, num_classes, cfg.label_smoothing, images.device())?;
     let features = model.forward_features(images, &mut Ctx::train(rng))?;
     let mixed = mixed_loss(model, &features, labels, &targets, cfg, rng)?;
-    if cfg.clean_loss && cfg.method != MixMethod::None {
+    if cfg.clean_loss && matches!(cfg.method, MixMethod::Multimix | MixMethod::DenseMultimix) {
         let z = model
             .backbone()
             .pre_logits(&features, &mut Ctx::train(rng))?;
