@@ -35,7 +35,7 @@ fn main() -> Result<()> {
         trainer.config().model.architecture,
         trainer.model().params().num_trainable(),
         trainer.config().mix.n,
-        trainer.config().mix.alpha,
+        trainer.config().mix.alpha(),
     );
     let run = RunDir::create(&out)?;
     let outcome = trainer.run(&run, false, &TrainControl::default(), &mut Bar::new())?;

@@ -123,3 +123,95 @@ fn a_checkpoint_that_is_not_safetensors_is_refused_and_the_run_is_kept() {
         "a failed eval must not touch the run"
     );
 }
+
+/// Every out-of-range mixing option stops before anything is written, with one line naming the
+/// flag.
+#[test]
+fn out_of_range_mixing_options_are_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = tiny_config(dir.path());
+    let out_dir = dir.path().join("run");
+    let cases: [(&[&str], &str); 9] = [
+        (&["--mix", "mixup", "--mix-alpha", "0"], "mix-alpha"),
+        (&["--mix-alpha=-1"], "mix-alpha"),
+        (
+            &["--mix", "manifold-mixup", "--mix-alpha", "0"],
+            "mix-alpha",
+        ),
+        (&["--mix-m", "33"], "mix-m = 33"),
+        (&["--mix", "mixup", "--mix-prob", "1.5"], "mix-prob"),
+        (
+            &["--mix", "mixup-cutmix", "--switch-prob=-0.2"],
+            "switch-prob",
+        ),
+        (
+            &["--mix", "cutmix", "--batch-size", "31"],
+            "batch-size = 31",
+        ),
+        (&["--mix", "mixup", "--self-distill"], "self-distill"),
+        (
+            &["--self-distill", "--distill-temperature", "0"],
+            "distill-temperature",
+        ),
+    ];
+    for (flags, named) in cases {
+        let mut args = vec![
+            "train",
+            "--config",
+            &config,
+            "--out",
+            out_dir.to_str().unwrap(),
+        ];
+        args.extend_from_slice(flags);
+        let line = stderr_line(&common::multimix(&args));
+        assert!(line.contains(named), "{flags:?}: {line}");
+        assert!(!out_dir.exists(), "{flags:?} left a run directory");
+    }
+}
+
+/// The mixing flags reach the resolved configuration a run writes (and `--config` reads back).
+#[test]
+fn mixing_flags_are_written_to_config_toml() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = tiny_config(dir.path());
+    let out_dir = dir.path().join("run");
+    let out = common::multimix(&[
+        "train",
+        "--config",
+        &config,
+        "--out",
+        out_dir.to_str().unwrap(),
+        "--mix",
+        "mixup-cutmix",
+        "--mix-prob",
+        "0.8",
+        "--switch-prob",
+        "0.25",
+        "--mix-mode",
+        "elem",
+        "--label-smoothing",
+        "0.1",
+        "--max-steps",
+        "1",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let written = std::fs::read_to_string(out_dir.join("config.toml")).unwrap();
+    let cfg = multimix_recipes::TrainConfig::from_toml(&written).unwrap();
+    assert_eq!(
+        cfg.mix.method,
+        multimix_recipes::config::MixMethod::MixupCutmix
+    );
+    assert_eq!((cfg.mix.prob, cfg.mix.switch_prob), (0.8, 0.25));
+    assert_eq!(cfg.mix.mode, multimix_augment::MixMode::Elem);
+    assert_eq!(cfg.mix.label_smoothing, 0.1);
+    assert_eq!(
+        cfg.mix.alpha,
+        Some(1.0),
+        "the method's default α is written out"
+    );
+    assert_eq!(cfg.mix.pairing, Some(multimix_augment::Pairing::Flip));
+}

@@ -20,7 +20,7 @@ struct Cli {
 enum Command {
     /// Train a classifier (by default a small ViT with dense MultiMix on the embedded
     /// Fashion-MNIST subset), then evaluate it.
-    Train(train::TrainArgs),
+    Train(Box<train::TrainArgs>),
     /// Evaluate a saved run and rewrite its report.
     Eval(eval::EvalArgs),
 }
@@ -28,7 +28,7 @@ enum Command {
 /// Parse the command line and run the subcommand.
 pub fn run() -> Result<()> {
     match Cli::parse().command {
-        Command::Train(args) => train::run(args),
+        Command::Train(args) => train::run(*args),
         Command::Eval(args) => eval::run(args),
     }
 }

@@ -3,6 +3,7 @@
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use multimix::evaluation::{evaluate_model, write_report};
+use multimix_augment::{AttnNorm, AttnQuery, MixMode, Pairing};
 use multimix_recipes::config::{MixMethod, TrainConfig};
 use multimix_recipes::progress::Bar;
 use multimix_recipes::run::RunDir;
@@ -24,15 +25,52 @@ pub struct TrainArgs {
     /// Architecture (e.g. vit_mini_patch7_28, vit_tiny_patch16_224).
     #[arg(long)]
     model: Option<String>,
-    /// Mixing method: none, multimix, dense-multimix.
+    /// Mixing method: none, mixup, cutmix, mixup-cutmix, manifold-mixup, multimix,
+    /// dense-multimix.
     #[arg(long)]
     mix: Option<MixMethod>,
     /// Number of interpolated tuples per batch (MultiMix).
     #[arg(long)]
     mix_n: Option<usize>,
-    /// Dirichlet concentration α.
+    /// Beta / Dirichlet concentration α (default: 1; 2 for manifold mixup).
     #[arg(long)]
     mix_alpha: Option<f64>,
+    /// MultiMix tuple length m (default: the whole batch).
+    #[arg(long)]
+    mix_m: Option<usize>,
+    /// Probability of mixing a batch (mixup, CutMix).
+    #[arg(long)]
+    mix_prob: Option<f64>,
+    /// mixup-cutmix: probability of CutMix rather than mixup.
+    #[arg(long)]
+    switch_prob: Option<f64>,
+    /// λ per batch, pair or element (mixup, CutMix): batch, pair, elem.
+    #[arg(long)]
+    mix_mode: Option<MixMode>,
+    /// Partners: flip (timm) or random.
+    #[arg(long)]
+    mix_pairing: Option<Pairing>,
+    /// Label smoothing folded into the targets.
+    #[arg(long)]
+    label_smoothing: Option<f64>,
+    /// Dense MultiMix attention query: gap, cam, cls, uniform.
+    #[arg(long)]
+    attn_query: Option<AttnQuery>,
+    /// Dense MultiMix attention normalization: softmax, relu-l1.
+    #[arg(long)]
+    attn_norm: Option<AttnNorm>,
+    /// MultiMix with online self-distillation from an EMA teacher.
+    #[arg(long)]
+    self_distill: bool,
+    /// Momentum τ of the EMA teacher.
+    #[arg(long)]
+    ema_momentum: Option<f64>,
+    /// Weight of the distillation term.
+    #[arg(long)]
+    distill_weight: Option<f64>,
+    /// Temperature of the teacher's softmax.
+    #[arg(long)]
+    distill_temperature: Option<f64>,
     /// Epochs.
     #[arg(long)]
     epochs: Option<usize>,
@@ -56,18 +94,53 @@ pub struct TrainArgs {
     device: String,
 }
 
+/// Set each configuration key whose flag was given; true when any was.
+macro_rules! overrides {
+    ($args:expr, $cfg:expr; $($flag:ident => $($key:ident).+),+ $(,)?) => {{
+        let mut any = false;
+        $(
+            if let Some(v) = &$args.$flag {
+                $cfg.$($key).+ = v.clone().into();
+                any = true;
+            }
+        )+
+        any
+    }};
+}
+
 impl TrainArgs {
+    /// Apply the flags other than `--config`, `--out`, `--model` to `cfg`; true when any was given.
+    fn apply(&self, cfg: &mut TrainConfig) -> bool {
+        let any = overrides!(self, cfg;
+            data => data.spec,
+            mix => mix.method,
+            mix_n => mix.n,
+            mix_alpha => mix.alpha,
+            mix_m => mix.m,
+            mix_prob => mix.prob,
+            switch_prob => mix.switch_prob,
+            mix_mode => mix.mode,
+            mix_pairing => mix.pairing,
+            label_smoothing => mix.label_smoothing,
+            attn_query => mix.attn_query,
+            attn_norm => mix.attn_norm,
+            ema_momentum => distill.ema_momentum,
+            distill_weight => distill.weight,
+            distill_temperature => distill.temperature,
+            epochs => train.epochs,
+            max_steps => train.max_steps,
+            batch_size => train.batch_size,
+            lr => optim.lr,
+            seed => seed,
+        );
+        if self.self_distill {
+            cfg.distill.enabled = true;
+        }
+        any || self.self_distill
+    }
+
     fn has_overrides(&self) -> bool {
-        self.data.is_some()
-            || self.model.is_some()
-            || self.mix.is_some()
-            || self.mix_n.is_some()
-            || self.mix_alpha.is_some()
-            || self.epochs.is_some()
-            || self.max_steps.is_some()
-            || self.batch_size.is_some()
-            || self.lr.is_some()
-            || self.seed.is_some()
+        self.model.is_some() || self.apply(&mut TrainConfig::default())
     }
 
     /// The configuration: `--config` (or the defaults) with the flags applied.
@@ -81,9 +154,6 @@ impl TrainArgs {
             }
             None => TrainConfig::default(),
         };
-        if let Some(v) = &self.data {
-            cfg.data.spec = v.clone();
-        }
         if let Some(v) = &self.model {
             if *v != cfg.model.architecture {
                 cfg.model.architecture = v.clone();
@@ -92,30 +162,7 @@ impl TrainArgs {
                 cfg.model.std = None;
             }
         }
-        if let Some(v) = self.mix {
-            cfg.mix.method = v;
-        }
-        if let Some(v) = self.mix_n {
-            cfg.mix.n = v;
-        }
-        if let Some(v) = self.mix_alpha {
-            cfg.mix.alpha = v;
-        }
-        if let Some(v) = self.epochs {
-            cfg.train.epochs = v;
-        }
-        if let Some(v) = self.max_steps {
-            cfg.train.max_steps = Some(v);
-        }
-        if let Some(v) = self.batch_size {
-            cfg.train.batch_size = v;
-        }
-        if let Some(v) = self.lr {
-            cfg.optim.lr = v;
-        }
-        if let Some(v) = self.seed {
-            cfg.seed = v;
-        }
+        self.apply(&mut cfg);
         Ok(cfg)
     }
 }

@@ -1,4 +1,6 @@
 //! Shared helpers of the end-to-end tests.
+// Each test crate includes this module and uses a part of it.
+#![allow(dead_code)]
 
 use std::process::{Command, Output};
 

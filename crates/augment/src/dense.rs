@@ -7,7 +7,6 @@
 
 use crate::error::{AugmentError, Result};
 use candle_core::{Tensor, D};
-use std::str::FromStr;
 
 /// The `ε` of the per-position normalization `ξ̂ = ξ / (Σ_i ξ + ε)` and of `relu-l1`.
 pub const DENSE_EPS: f64 = 1e-8;
@@ -38,23 +37,6 @@ pub enum AttnNorm {
     ReluL1,
 }
 
-macro_rules! parse_kebab {
-    ($ty:ty, $what:literal, $($s:literal => $v:expr),+) => {
-        impl FromStr for $ty {
-            type Err = String;
-            fn from_str(s: &str) -> std::result::Result<Self, String> {
-                match s {
-                    $($s => Ok($v),)+
-                    other => Err(format!(
-                        concat!("unknown ", $what, " `{}`; expected one of: {}"),
-                        other,
-                        [$($s),+].join(", ")
-                    )),
-                }
-            }
-        }
-    };
-}
 parse_kebab!(AttnQuery, "attention query", "gap" => AttnQuery::Gap, "cam" => AttnQuery::Cam, "cls" => AttnQuery::Cls, "uniform" => AttnQuery::Uniform);
 parse_kebab!(AttnNorm, "attention normalization", "softmax" => AttnNorm::Softmax, "relu-l1" => AttnNorm::ReluL1);
 

@@ -31,6 +31,9 @@ pub struct Batch {
     pub labels: Vec<u32>,
     /// `[B, C, H, W]`.
     pub shape: [usize; 4],
+    /// A second, independently augmented view of the same images (self-distillation's teacher
+    /// view), when the loader makes two views.
+    pub second_view: Option<Vec<f32>>,
 }
 
 /// How to cut a data set into batches.
@@ -46,6 +49,8 @@ pub struct LoaderConfig {
     pub augment: Augment,
     /// Batches prepared ahead of the consumer.
     pub prefetch: usize,
+    /// Also make a second, independently augmented view of every batch.
+    pub two_views: bool,
 }
 
 impl LoaderConfig {
@@ -57,6 +62,7 @@ impl LoaderConfig {
             drop_last: true,
             augment,
             prefetch: 2,
+            two_views: false,
         }
     }
 
@@ -68,6 +74,7 @@ impl LoaderConfig {
             drop_last: false,
             augment: Augment::default(),
             prefetch: 2,
+            two_views: false,
         }
     }
 
@@ -137,6 +144,7 @@ pub fn make_batch(ds: &Dataset, indices: &[usize], augment: Augment, rng: &mut i
         images,
         labels: indices.iter().map(|&i| ds.labels[i]).collect(),
         shape: [indices.len(), ds.channels, ds.height, ds.width],
+        second_view: None,
     }
 }
 
@@ -158,10 +166,12 @@ impl Batches {
                 // Batch k augments with its own stream of the epoch's generator.
                 let mut rng = ChaCha8Rng::seed_from_u64(seed);
                 rng.set_stream(k as u64 + 1);
-                if tx
-                    .send(make_batch(&ds, indices, cfg.augment, &mut rng))
-                    .is_err()
-                {
+                let mut batch = make_batch(&ds, indices, cfg.augment, &mut rng);
+                if cfg.two_views {
+                    batch.second_view =
+                        Some(make_batch(&ds, indices, cfg.augment, &mut rng).images);
+                }
+                if tx.send(batch).is_err() {
                     return; // the consumer stopped early
                 }
             }

@@ -1,7 +1,7 @@
 //! The training configuration: one TOML file (`config.toml` in every run directory) whose keys
 //! the command-line flags override. Unknown keys are errors, so a typo never passes silently.
 
-use multimix_augment::{AttnNorm, AttnQuery};
+use multimix_augment::{AttnNorm, AttnQuery, MixMode, Pairing};
 use multimix_backbones::RawModelConfig;
 use serde::{Deserialize, Serialize};
 use std::fmt;
@@ -13,6 +13,14 @@ use std::str::FromStr;
 pub enum MixMethod {
     /// Empirical risk minimization: no mixing.
     None,
+    /// Input mixup (Zhang et al. 2018; METHOD.md §1).
+    Mixup,
+    /// CutMix (Yun et al. 2019; METHOD.md §1).
+    Cutmix,
+    /// Mixup or CutMix per batch, chosen with `switch_prob` (timm's switch).
+    MixupCutmix,
+    /// Manifold mixup at a mix point drawn from the eligible set (Verma et al. 2019).
+    ManifoldMixup,
     /// MultiMix on pooled embeddings (METHOD.md §2).
     Multimix,
     /// Dense MultiMix on per-position embeddings (METHOD.md §3).
@@ -21,11 +29,46 @@ pub enum MixMethod {
 
 impl MixMethod {
     /// Every method, as written on the command line.
-    pub const ALL: [(&'static str, MixMethod); 3] = [
+    pub const ALL: [(&'static str, MixMethod); 7] = [
         ("none", MixMethod::None),
+        ("mixup", MixMethod::Mixup),
+        ("cutmix", MixMethod::Cutmix),
+        ("mixup-cutmix", MixMethod::MixupCutmix),
+        ("manifold-mixup", MixMethod::ManifoldMixup),
         ("multimix", MixMethod::Multimix),
         ("dense-multimix", MixMethod::DenseMultimix),
     ];
+
+    /// Whether the method mixes input images (mixup, CutMix and their switch).
+    pub fn is_input(self) -> bool {
+        matches!(
+            self,
+            MixMethod::Mixup | MixMethod::Cutmix | MixMethod::MixupCutmix
+        )
+    }
+
+    /// Whether the method is MultiMix (pooled or dense).
+    pub fn is_multimix(self) -> bool {
+        matches!(self, MixMethod::Multimix | MixMethod::DenseMultimix)
+    }
+
+    /// The α of the method's defaults: 2 for manifold mixup (Verma et al.'s CIFAR setting),
+    /// 1 otherwise (timm's `Mixup`, MultiMix).
+    pub fn default_alpha(self) -> f64 {
+        match self {
+            MixMethod::ManifoldMixup => 2.0,
+            _ => 1.0,
+        }
+    }
+
+    /// The partner choice of the method's defaults: timm's flip for input mixing, a random
+    /// permutation for manifold mixup (Verma et al.).
+    pub fn default_pairing(self) -> Pairing {
+        match self {
+            MixMethod::ManifoldMixup => Pairing::Random,
+            _ => Pairing::Flip,
+        }
+    }
 }
 
 impl FromStr for MixMethod {
@@ -95,8 +138,31 @@ impl Default for DataConfig {
 pub struct MixConfig {
     /// The method.
     pub method: MixMethod,
-    /// Concentration α of the Dirichlet (MultiMix) distribution.
-    pub alpha: f64,
+    /// Concentration α of the Beta (mixup, CutMix, manifold mixup) or Dirichlet (MultiMix)
+    /// distribution; absent: the method's default ([`MixMethod::default_alpha`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub alpha: Option<f64>,
+    /// `mixup-cutmix`: the Beta concentration of CutMix (absent: `alpha`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cutmix_alpha: Option<f64>,
+    /// Probability of mixing a batch (input methods, timm `prob`).
+    pub prob: f64,
+    /// `mixup-cutmix`: probability of CutMix rather than mixup (timm `switch_prob`).
+    pub switch_prob: f64,
+    /// Input methods: one λ per batch, pair or element (timm `mode`).
+    pub mode: MixMode,
+    /// Partners: `flip` (timm) or `random`; absent: the method's default.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pairing: Option<Pairing>,
+    /// CutMix: recompute λ from the clipped box (timm `correct_lam`).
+    pub correct_lam: bool,
+    /// CutMix: box side ratios `[min, max]` drawn uniformly instead of from λ.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cutmix_minmax: Option<[f64; 2]>,
+    /// Manifold mixup: the eligible mix points (0 = the input, k = the input of stage/block k-1);
+    /// absent: all of the backbone's.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub layers: Option<Vec<usize>>,
     /// Number of interpolated tuples per batch.
     pub n: usize,
     /// Tuple length; absent for the whole batch.
@@ -122,11 +188,37 @@ pub struct MixConfig {
     pub clean_loss: bool,
 }
 
+impl MixConfig {
+    /// The α in force: the configured one or the method's default.
+    pub fn alpha(&self) -> f64 {
+        self.alpha.unwrap_or(self.method.default_alpha())
+    }
+
+    /// The pairing in force: the configured one or the method's default.
+    pub fn pairing(&self) -> Pairing {
+        self.pairing.unwrap_or(self.method.default_pairing())
+    }
+
+    /// Write the method's defaults into the unset options, so `config.toml` shows what ran.
+    pub fn resolve(&mut self) {
+        self.alpha = Some(self.alpha());
+        self.pairing = Some(self.pairing());
+    }
+}
+
 impl Default for MixConfig {
     fn default() -> Self {
         Self {
             method: MixMethod::DenseMultimix,
-            alpha: 1.0,
+            alpha: None,
+            cutmix_alpha: None,
+            prob: 1.0,
+            switch_prob: 0.5,
+            mode: MixMode::Batch,
+            pairing: None,
+            correct_lam: true,
+            cutmix_minmax: None,
+            layers: None,
             n: 1000,
             m: None,
             space: MixSpace::Logits,
@@ -135,6 +227,35 @@ impl Default for MixConfig {
             attn_detach: true,
             label_smoothing: 0.0,
             clean_loss: true,
+        }
+    }
+}
+
+/// `[distill]`: MultiMix with online self-distillation (METHOD.md §4).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DistillConfig {
+    /// Train with an EMA teacher's soft targets (MultiMix methods only).
+    pub enabled: bool,
+    /// Momentum τ of the EMA teacher.
+    pub ema_momentum: f64,
+    /// Weight `w` of the distillation term.
+    pub weight: f64,
+    /// Temperature `T` of the teacher's softmax.
+    pub temperature: f64,
+    /// The teacher predicts on its own mixed embeddings, `softmax(g'(Λ Z') / T)`, instead of
+    /// interpolating its predictions, `Λ softmax(g'(Z') / T)`.
+    pub teacher_mixed: bool,
+}
+
+impl Default for DistillConfig {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            ema_momentum: 0.999,
+            weight: 1.0,
+            temperature: 1.0,
+            teacher_mixed: false,
         }
     }
 }
@@ -291,6 +412,8 @@ pub struct TrainConfig {
     pub model: RawModelConfig,
     /// Mixing.
     pub mix: MixConfig,
+    /// Self-distillation.
+    pub distill: DistillConfig,
     /// Optimizer.
     pub optim: OptimConfig,
     /// Schedule.
@@ -316,6 +439,7 @@ impl Default for TrainConfig {
                 args: Default::default(),
             },
             mix: MixConfig::default(),
+            distill: DistillConfig::default(),
             optim: OptimConfig::default(),
             schedule: ScheduleConfig::default(),
             train: LoopConfig::default(),

@@ -1,22 +1,34 @@
 //! The training loss of each mixing method: the bridge between a backbone's outputs and the
 //! model-free ops of `multimix-augment`.
 
-use crate::config::{MixConfig, MixMethod, MixSpace};
+use crate::config::{DistillConfig, MixConfig, MixMethod, MixSpace};
 use crate::error::{RecipeError, Result};
 use candle_core::Tensor;
 use multimix_augment::dense::{
     attention, cam_query, dense_weights, gap_query, mix_dense, mix_dense_targets,
 };
+use multimix_augment::distill::teacher_probs;
 use multimix_augment::loss::soft_cross_entropy;
+use multimix_augment::manifold::mix_pairs;
+use multimix_augment::mixup::check_batch;
 use multimix_augment::multimix::mix_rows;
+use multimix_augment::sample::beta;
 use multimix_augment::targets::smooth_one_hot;
-use multimix_augment::{AttnQuery, MultiMix};
+use multimix_augment::{AttnQuery, MixMode, Mixup, MultiMix, Pairing};
 use multimix_backbones::{Ctx, Model};
+use rand::seq::SliceRandom;
+use rand::Rng;
 use rand_chacha::ChaCha8Rng;
 
-/// Check the mixing options against the batch size before training starts.
-pub fn validate(cfg: &MixConfig, batch_size: usize) -> Result<()> {
-    if matches!(cfg.method, MixMethod::Multimix | MixMethod::DenseMultimix) {
+/// Check the mixing and distillation options against the batch size before training starts.
+pub fn validate(cfg: &MixConfig, distill: &DistillConfig, batch_size: usize) -> Result<()> {
+    if !(0.0..1.0).contains(&cfg.label_smoothing) {
+        return Err(RecipeError::Config(format!(
+            "label-smoothing = {} is out of range: in [0, 1)",
+            cfg.label_smoothing
+        )));
+    }
+    if cfg.method.is_multimix() {
         multimix(cfg).validate()?;
         if let Some(m) = cfg.m {
             if m > batch_size {
@@ -26,11 +38,64 @@ pub fn validate(cfg: &MixConfig, batch_size: usize) -> Result<()> {
             }
         }
     }
-    if !(0.0..1.0).contains(&cfg.label_smoothing) {
-        return Err(RecipeError::Config(format!(
-            "label-smoothing = {} is out of range: in [0, 1)",
-            cfg.label_smoothing
-        )));
+    if cfg.method.is_input() {
+        mixup(cfg).validate()?;
+        check_batch(batch_size, cfg.pairing(), cfg.mode)?;
+    }
+    if cfg.method == MixMethod::ManifoldMixup {
+        let alpha = cfg.alpha();
+        if !(alpha > 0.0 && alpha.is_finite()) {
+            return Err(RecipeError::Config(format!(
+                "mix-alpha = {alpha} is out of range: > 0"
+            )));
+        }
+        check_batch(batch_size, cfg.pairing(), MixMode::Batch)?;
+        if cfg.layers.as_ref().is_some_and(|l| l.is_empty()) {
+            return Err(RecipeError::Config(
+                "mix.layers is empty: list at least one mix point, or leave it out for all".into(),
+            ));
+        }
+    }
+    if distill.enabled {
+        if !cfg.method.is_multimix() {
+            return Err(RecipeError::Config(format!(
+                "--self-distill works with --mix multimix or dense-multimix, not `{}`",
+                cfg.method
+            )));
+        }
+        if !(0.0..=1.0).contains(&distill.ema_momentum) {
+            return Err(RecipeError::Config(format!(
+                "ema-momentum = {} is out of range: in [0, 1]",
+                distill.ema_momentum
+            )));
+        }
+        if !(distill.weight >= 0.0 && distill.weight.is_finite()) {
+            return Err(RecipeError::Config(format!(
+                "distill-weight = {} is out of range: >= 0",
+                distill.weight
+            )));
+        }
+        if !(distill.temperature > 0.0 && distill.temperature.is_finite()) {
+            return Err(RecipeError::Config(format!(
+                "distill-temperature = {} is out of range: > 0",
+                distill.temperature
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Check the mix points of manifold mixup exist in the model.
+pub fn validate_for_model(cfg: &MixConfig, model: &Model) -> Result<()> {
+    if cfg.method == MixMethod::ManifoldMixup {
+        let points = model.backbone().num_mix_points();
+        if let Some(&bad) = cfg.layers.iter().flatten().find(|&&k| k >= points) {
+            return Err(RecipeError::Config(format!(
+                "mix.layers holds mix point {bad}, but `{}` has mix points 0..{}",
+                model.config().architecture,
+                points - 1
+            )));
+        }
     }
     Ok(())
 }
@@ -38,111 +103,239 @@ pub fn validate(cfg: &MixConfig, batch_size: usize) -> Result<()> {
 fn multimix(cfg: &MixConfig) -> MultiMix {
     MultiMix {
         n: cfg.n,
-        alpha: cfg.alpha,
+        alpha: cfg.alpha(),
         m: cfg.m,
     }
 }
 
-/// The loss of one training batch of images in [0, 1] under the configured mixing method,
-/// plus the clean cross-entropy when `clean_loss` is set. Dropout masks are drawn first, then
-/// the mixing coefficients, both from `rng`.
-pub fn training_loss(
-    model: &Model,
-    images: &Tensor,
-    labels: &[u32],
-    cfg: &MixConfig,
-    rng: &mut ChaCha8Rng,
-) -> Result<Tensor> {
-    let num_classes = model.config().num_classes();
-    let targets = smooth_one_hot(labels, num_classes, cfg.label_smoothing, images.device())?;
-    let features = model.forward_features(images, &mut Ctx::train(rng))?;
-    let mixed = mixed_loss(model, &features, labels, &targets, cfg, rng)?;
-    if cfg.clean_loss && matches!(cfg.method, MixMethod::Multimix | MixMethod::DenseMultimix) {
-        let z = model
-            .backbone()
-            .pre_logits(&features, &mut Ctx::train(rng))?;
-        let clean = soft_cross_entropy(&model.backbone().head().forward(&z)?, &targets)?;
-        Ok((mixed + clean)?)
-    } else {
-        Ok(mixed)
+/// The timm `Mixup` of an input method.
+fn mixup(cfg: &MixConfig) -> Mixup {
+    let alpha = cfg.alpha();
+    let (mixup_alpha, cutmix_alpha) = match cfg.method {
+        MixMethod::Cutmix => (0.0, alpha),
+        MixMethod::MixupCutmix => (alpha, cfg.cutmix_alpha.unwrap_or(alpha)),
+        _ => (alpha, 0.0),
+    };
+    Mixup {
+        mixup_alpha,
+        cutmix_alpha,
+        cutmix_minmax: cfg.cutmix_minmax.map(|[lo, hi]| (lo, hi)),
+        prob: cfg.prob,
+        switch_prob: cfg.switch_prob,
+        mode: cfg.mode,
+        correct_lam: cfg.correct_lam,
+        label_smoothing: cfg.label_smoothing,
+        pairing: cfg.pairing(),
     }
 }
 
-/// The loss of the configured method on the `features` of a batch with `targets` `[b, c]`.
-fn mixed_loss(
+/// One training batch: images in [0, 1] (`[B, C, H, W]` row-major), labels, and the teacher's
+/// view for self-distillation.
+pub struct StepBatch<'a> {
+    /// Pixels of the student's view.
+    pub images: &'a [f32],
+    /// `[B, C, H, W]`.
+    pub shape: [usize; 4],
+    /// Labels.
+    pub labels: &'a [u32],
+    /// The teacher's view (absent: the student's).
+    pub teacher_view: Option<&'a [f32]>,
+}
+
+/// The interpolation of a MultiMix step, kept to mix the teacher's predictions the same way.
+enum Interp {
+    /// `Λ` `[n, b]` (pooled MultiMix).
+    Rows(Tensor),
+    /// `ξ̂` `[r, n, b]` (dense MultiMix).
+    Dense(Tensor),
+}
+
+impl Interp {
+    /// Mix per-example (`[b, k]`) or per-position (`[b, r, k]`) values.
+    fn mix(&self, values: &Tensor) -> Result<Tensor> {
+        Ok(match self {
+            Interp::Rows(lambda) => mix_rows(lambda, values)?,
+            Interp::Dense(xi) => mix_dense(xi, values)?,
+        })
+    }
+}
+
+/// The loss of one training batch under the configured method (plus the clean term and the
+/// distillation term where configured). Randomness, all from `rng`: input methods draw their
+/// mixing before the forward pass; MultiMix methods draw dropout masks first, then `Λ`.
+pub fn training_loss(
+    model: &Model,
+    teacher: Option<&Model>,
+    batch: &StepBatch,
+    cfg: &MixConfig,
+    distill: &DistillConfig,
+    rng: &mut ChaCha8Rng,
+) -> Result<Tensor> {
+    let device = model.params().device().clone();
+    let num_classes = model.config().num_classes();
+    let labels = batch.labels;
+    let [b, _, h, w] = batch.shape;
+    let images = |values: &[f32]| Tensor::from_slice(values, batch.shape.to_vec(), &device);
+    let targets = smooth_one_hot(labels, num_classes, cfg.label_smoothing, &device)?;
+    let head = model.backbone().head();
+    match cfg.method {
+        MixMethod::None => {
+            let logits = model.forward(&images(batch.images)?, &mut Ctx::train(rng))?;
+            Ok(soft_cross_entropy(&logits, &targets)?)
+        }
+        MixMethod::Mixup | MixMethod::Cutmix | MixMethod::MixupCutmix => {
+            // METHOD.md §1: x̃ = λ x + (1-λ) x_π (or the partner's box), ỹ = λ y + (1-λ) y_π.
+            let plan = mixup(cfg).sample(b, h, w, rng)?;
+            let mixed = plan.apply(batch.images, batch.shape)?;
+            let mixed_targets = plan.targets(labels, num_classes, cfg.label_smoothing)?;
+            let mixed_targets = Tensor::from_vec(mixed_targets, (b, num_classes), &device)?;
+            let logits = model.forward(&images(&mixed)?, &mut Ctx::train(rng))?;
+            Ok(soft_cross_entropy(&logits, &mixed_targets)?)
+        }
+        MixMethod::ManifoldMixup => {
+            // Verma et al.: mix the hidden states at a point k drawn from the eligible set.
+            let points: Vec<usize> = match &cfg.layers {
+                Some(layers) => layers.clone(),
+                None => (0..model.backbone().num_mix_points()).collect(),
+            };
+            let k = points[rng.random_range(0..points.len())];
+            let lam = beta(cfg.alpha(), rng)?;
+            let partner = partners(b, cfg.pairing(), rng);
+            let x = model.normalize(&images(batch.images)?)?;
+            let mut ctx = Ctx::train(rng);
+            let hidden = model.backbone().forward_to(&x, k, &mut ctx)?;
+            let hidden = mix_pairs(&hidden, lam, &partner)?;
+            let features = model.backbone().forward_from(&hidden, k, &mut ctx)?;
+            let z = model.backbone().pre_logits(&features, &mut ctx)?;
+            let mixed_targets = mix_pairs(&targets, lam, &partner)?;
+            Ok(soft_cross_entropy(&head.forward(&z)?, &mixed_targets)?)
+        }
+        MixMethod::Multimix | MixMethod::DenseMultimix => {
+            let features = model.forward_features(&images(batch.images)?, &mut Ctx::train(rng))?;
+            let (mixed_logits, mixed_targets, interp) =
+                multimix_step(model, &features, labels, &targets, cfg, rng)?;
+            let mut loss = soft_cross_entropy(&mixed_logits, &mixed_targets)?;
+            if distill.enabled {
+                let teacher = teacher.ok_or_else(|| {
+                    RecipeError::Config("self-distillation needs a teacher model".into())
+                })?;
+                let view = images(batch.teacher_view.unwrap_or(batch.images))?;
+                let soft = teacher_targets(teacher, &view, cfg, distill, &interp)?;
+                let term = soft_cross_entropy(&mixed_logits, &soft)?;
+                loss = (loss + (term * distill.weight)?)?;
+            }
+            if cfg.clean_loss {
+                let z = model
+                    .backbone()
+                    .pre_logits(&features, &mut Ctx::train(rng))?;
+                let clean = soft_cross_entropy(&head.forward(&z)?, &targets)?;
+                loss = (loss + clean)?;
+            }
+            Ok(loss)
+        }
+    }
+}
+
+/// Partners of a batch for manifold mixup: the flipped batch or a random permutation.
+fn partners(b: usize, pairing: Pairing, rng: &mut ChaCha8Rng) -> Vec<usize> {
+    match pairing {
+        Pairing::Flip => (0..b).rev().collect(),
+        Pairing::Random => {
+            let mut perm: Vec<usize> = (0..b).collect();
+            perm.shuffle(rng);
+            perm
+        }
+    }
+}
+
+/// MultiMix (§2) or dense MultiMix (§3) on a batch's `features`: the student's mixed logits, the
+/// mixed targets and the interpolation used.
+fn multimix_step(
     model: &Model,
     features: &Tensor,
     labels: &[u32],
     targets: &Tensor,
     cfg: &MixConfig,
     rng: &mut ChaCha8Rng,
-) -> Result<Tensor> {
+) -> Result<(Tensor, Tensor, Interp)> {
     let device = features.device();
-    let head = model.backbone().head();
+    let backbone = model.backbone();
+    let head = backbone.head();
     let b = labels.len();
-    match cfg.method {
-        MixMethod::None => {
-            let z = model
-                .backbone()
-                .pre_logits(features, &mut Ctx::train(rng))?;
-            Ok(soft_cross_entropy(&head.forward(&z)?, targets)?)
-        }
-        MixMethod::Multimix => {
-            // METHOD.md §2: Z̃ = Λ Z, Ỹ = Λ Y, loss H(Ỹ, g(Z̃)); g(ΛZ) = Λ g(Z) for the affine head.
-            let z = model
-                .backbone()
-                .pre_logits(features, &mut Ctx::train(rng))?;
-            let lambda = multimix(cfg).sample(b, rng, device)?;
-            let mixed_logits = match cfg.space {
-                MixSpace::Logits => mix_rows(&lambda, &head.forward(&z)?)?,
-                MixSpace::Embeddings => head.forward(&mix_rows(&lambda, &z)?)?,
-            };
-            Ok(soft_cross_entropy(
-                &mixed_logits,
-                &mix_rows(&lambda, targets)?,
-            )?)
-        }
-        MixMethod::DenseMultimix => {
-            // METHOD.md §3: per-position weights ξ̂ from Λ and the attention, dense loss over n·r terms.
-            let z = model.backbone().dense(features)?;
-            let z_att = if cfg.attn_detach {
-                z.detach()
-            } else {
-                z.clone()
-            };
-            let query = match cfg.attn_query {
-                AttnQuery::Gap => Some(gap_query(&z_att)?),
-                AttnQuery::Cam => {
-                    let ids = Tensor::from_slice(labels, b, device)?;
-                    let w = if cfg.attn_detach {
-                        head.weight().detach()
-                    } else {
-                        head.weight().clone()
-                    };
-                    Some(cam_query(&w, &ids)?)
-                }
-                AttnQuery::Cls => {
-                    let cls = model.backbone().class_token(features)?.ok_or_else(|| {
-                        RecipeError::Config(format!(
-                            "attn-query cls needs a model with a class token; `{}` has none",
-                            model.config().architecture
-                        ))
-                    })?;
-                    Some(if cfg.attn_detach { cls.detach() } else { cls })
-                }
-                AttnQuery::Uniform => None,
-            };
-            let attn = attention(&z_att, query.as_ref(), cfg.attn_norm)?;
-            let lambda = multimix(cfg).sample(b, rng, device)?;
-            let xi = dense_weights(&lambda, &attn)?;
-            let mixed_logits = match cfg.space {
-                MixSpace::Logits => mix_dense(&xi, &head.forward(&z)?)?,
-                MixSpace::Embeddings => head.forward(&mix_dense(&xi, &z)?)?,
-            };
-            Ok(soft_cross_entropy(
-                &mixed_logits,
-                &mix_dense_targets(&xi, targets)?,
-            )?)
-        }
+    if cfg.method == MixMethod::Multimix {
+        // METHOD.md §2: Z̃ = Λ Z, Ỹ = Λ Y, loss H(Ỹ, g(Z̃)); g(ΛZ) = Λ g(Z) for the affine head.
+        let z = backbone.pre_logits(features, &mut Ctx::train(rng))?;
+        let lambda = multimix(cfg).sample(b, rng, device)?;
+        let mixed_logits = match cfg.space {
+            MixSpace::Logits => mix_rows(&lambda, &head.forward(&z)?)?,
+            MixSpace::Embeddings => head.forward(&mix_rows(&lambda, &z)?)?,
+        };
+        let mixed_targets = mix_rows(&lambda, targets)?;
+        return Ok((mixed_logits, mixed_targets, Interp::Rows(lambda)));
     }
+    // METHOD.md §3: per-position weights ξ̂ from Λ and the attention, dense loss over n·r terms.
+    let z = backbone.dense(features)?;
+    let z_att = if cfg.attn_detach {
+        z.detach()
+    } else {
+        z.clone()
+    };
+    let query = match cfg.attn_query {
+        AttnQuery::Gap => Some(gap_query(&z_att)?),
+        AttnQuery::Cam => {
+            let ids = Tensor::from_slice(labels, b, device)?;
+            let w = if cfg.attn_detach {
+                head.weight().detach()
+            } else {
+                head.weight().clone()
+            };
+            Some(cam_query(&w, &ids)?)
+        }
+        AttnQuery::Cls => {
+            let cls = backbone.class_token(features)?.ok_or_else(|| {
+                RecipeError::Config(format!(
+                    "attn-query cls needs a model with a class token; `{}` has none",
+                    model.config().architecture
+                ))
+            })?;
+            Some(if cfg.attn_detach { cls.detach() } else { cls })
+        }
+        AttnQuery::Uniform => None,
+    };
+    let attn = attention(&z_att, query.as_ref(), cfg.attn_norm)?;
+    let lambda = multimix(cfg).sample(b, rng, device)?;
+    let xi = dense_weights(&lambda, &attn)?;
+    let mixed_logits = match cfg.space {
+        MixSpace::Logits => mix_dense(&xi, &head.forward(&z)?)?,
+        MixSpace::Embeddings => head.forward(&mix_dense(&xi, &z)?)?,
+    };
+    let mixed_targets = mix_dense_targets(&xi, targets)?;
+    Ok((mixed_logits, mixed_targets, Interp::Dense(xi)))
+}
+
+/// METHOD.md §4: the teacher's soft targets interpolated with the student's weights,
+/// `Λ softmax(g'(Z') / T)` (per position for dense MultiMix), or with `teacher_mixed` the
+/// teacher's predictions on its own mixed embeddings, `softmax(g'(Λ Z') / T)`. No gradient.
+fn teacher_targets(
+    teacher: &Model,
+    view: &Tensor,
+    cfg: &MixConfig,
+    distill: &DistillConfig,
+    interp: &Interp,
+) -> Result<Tensor> {
+    let mut ctx = Ctx::eval();
+    let backbone = teacher.backbone();
+    let features = teacher.forward_features(view, &mut ctx)?.detach();
+    let z = match cfg.method {
+        MixMethod::DenseMultimix => backbone.dense(&features)?,
+        _ => backbone.pre_logits(&features, &mut ctx)?,
+    };
+    let logits = backbone.head().forward(&z)?.detach();
+    let t = distill.temperature;
+    Ok(if distill.teacher_mixed {
+        // g' is affine and the weights sum to 1, so g'(Λ Z') = Λ g'(Z').
+        teacher_probs(&interp.mix(&logits)?, t)?
+    } else {
+        interp.mix(&teacher_probs(&logits, t)?)?
+    })
 }

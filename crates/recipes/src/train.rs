@@ -2,8 +2,9 @@
 //! [`TrainConfig`], a checkpoint every epoch, exact resume.
 
 use crate::config::{OptimizerKind, ScheduleKind, TrainConfig};
+use crate::ema::Ema;
 use crate::error::{RecipeError, Result};
-use crate::mixing::{training_loss, validate};
+use crate::mixing::{training_loss, validate, validate_for_model, StepBatch};
 use crate::optim::{
     clip_grad_norm, param_groups_weight_decay, AdamW, AdamWConfig, NamedParam, Optimizer, Sgd,
     SgdConfig,
@@ -77,12 +78,7 @@ pub fn resolve_model(cfg: &mut TrainConfig, train: &Dataset) -> Result<ModelConf
 
 /// Build the optimizer of the configuration over the model's trainable parameters.
 fn build_optimizer(cfg: &TrainConfig, model: &Model) -> Result<Box<dyn Optimizer>> {
-    let params: Vec<NamedParam> = model
-        .params()
-        .trainable()
-        .into_iter()
-        .map(|(name, var)| NamedParam { name, var })
-        .collect();
+    let params = named(model.params().trainable());
     let no_decay = model.backbone().no_weight_decay();
     let no_decay: Vec<&str> = no_decay.iter().map(String::as_str).collect();
     let groups = param_groups_weight_decay(params, cfg.optim.weight_decay, &no_decay);
@@ -105,6 +101,56 @@ fn build_optimizer(cfg: &TrainConfig, model: &Model) -> Result<Box<dyn Optimizer
             },
         )?),
     })
+}
+
+/// `(name, var)` pairs as [`NamedParam`]s.
+fn named(pairs: Vec<(String, candle_core::Var)>) -> Vec<NamedParam> {
+    pairs
+        .into_iter()
+        .map(|(name, var)| NamedParam { name, var })
+        .collect()
+}
+
+/// The EMA teacher of self-distillation: the averaged tensors and a model that runs them.
+struct Teacher {
+    ema: Ema,
+    model: Model,
+}
+
+impl Teacher {
+    /// A teacher equal to the student, averaging with momentum `tau`.
+    fn new(student: &Model, tau: f64, device: &Device) -> Result<Self> {
+        let ema = Ema::new(
+            &named(student.params().trainable()),
+            &named(student.params().buffers()),
+            tau,
+        )
+        .map_err(|e| RecipeError::Config(e.to_string()))?;
+        let model = Model::new(student.config(), device, 0)?;
+        model.load_weights(ema.tensors(), true)?;
+        Ok(Self { ema, model })
+    }
+
+    /// One EMA step from the student, then the teacher model takes the averaged weights.
+    fn update(&mut self, student: &Model) -> Result<()> {
+        self.ema
+            .update(
+                &named(student.params().trainable()),
+                &named(student.params().buffers()),
+            )
+            .map_err(|e| RecipeError::Config(e.to_string()))?;
+        self.model.load_weights(self.ema.tensors(), true)?;
+        Ok(())
+    }
+
+    /// Restore saved teacher tensors.
+    fn load(&mut self, tensors: &BTreeMap<String, Tensor>) -> Result<()> {
+        self.ema
+            .load(tensors)
+            .map_err(|e| RecipeError::Config(format!("checkpoint EMA teacher: {e}")))?;
+        self.model.load_weights(self.ema.tensors(), true)?;
+        Ok(())
+    }
 }
 
 /// The schedule of the configuration for `total_steps` steps of `steps_per_epoch` per epoch.
@@ -153,9 +199,11 @@ fn meta_json<T: serde::de::DeserializeOwned>(
 }
 
 /// Save `checkpoint.safetensors` (model, optimizer, RNG, progress) and `model.safetensors`.
+#[allow(clippy::too_many_arguments)]
 fn save_checkpoint(
     run: &RunDir,
     model: &Model,
+    teacher: Option<&Teacher>,
     opt: &dyn Optimizer,
     rng: &ChaCha8Rng,
     epoch: usize,
@@ -174,6 +222,14 @@ fn save_checkpoint(
             .into_iter()
             .map(|(k, v)| (format!("optim.{k}"), v)),
     );
+    if let Some(t) = teacher {
+        all.extend(
+            t.ema
+                .tensors()
+                .iter()
+                .map(|(k, v)| (format!("ema.{k}"), v.clone())),
+        );
+    }
     let json = |v: &dyn erased::Json| v.json();
     let meta = BTreeMap::from([
         (META_MODEL_CONFIG.to_string(), config_json.clone()),
@@ -203,6 +259,7 @@ mod erased {
 fn load_checkpoint(
     run: &RunDir,
     model: &Model,
+    teacher: Option<&mut Teacher>,
     opt: &mut dyn Optimizer,
     device: &Device,
 ) -> Result<Resumed> {
@@ -218,14 +275,20 @@ fn load_checkpoint(
     }
     let mut weights = BTreeMap::new();
     let mut state = BTreeMap::new();
+    let mut ema = BTreeMap::new();
     for (name, t) in ckpt.tensors {
         if let Some(n) = name.strip_prefix("model.") {
             weights.insert(n.to_string(), t);
         } else if let Some(n) = name.strip_prefix("optim.") {
             state.insert(n.to_string(), t);
+        } else if let Some(n) = name.strip_prefix("ema.") {
+            ema.insert(n.to_string(), t);
         }
     }
     model.load_weights(&weights, true)?;
+    if let Some(t) = teacher {
+        t.load(&ema)?;
+    }
     opt.load_state(&state)?;
     let rng: RngState = meta_json(&ckpt.metadata, META_RNG, &file)?;
     Ok(Resumed {
@@ -249,6 +312,7 @@ pub struct Trainer {
     schedule: LrSchedule,
     rng: ChaCha8Rng,
     model: Model,
+    teacher: Option<Teacher>,
     opt: Box<dyn Optimizer>,
 }
 
@@ -264,7 +328,8 @@ impl Trainer {
             ))
         })?;
         let model_cfg = resolve_model(&mut cfg, &train_set)?;
-        validate(&cfg.mix, cfg.train.batch_size)?;
+        cfg.mix.resolve();
+        validate(&cfg.mix, &cfg.distill, cfg.train.batch_size)?;
         if cfg.train.batch_size == 0 || cfg.train.epochs == 0 {
             return Err(RecipeError::Config(
                 "batch-size and epochs must be at least 1".into(),
@@ -277,13 +342,16 @@ impl Trainer {
         );
         let train_set = Arc::new(conform(train_set, shape)?);
         let test_set = Arc::new(conform(splits.test, shape)?);
-        let loader = LoaderConfig::train(
-            cfg.train.batch_size,
-            Augment {
-                crop_padding: cfg.data.crop_padding,
-                hflip: cfg.data.hflip,
-            },
-        );
+        let loader = LoaderConfig {
+            two_views: cfg.distill.enabled,
+            ..LoaderConfig::train(
+                cfg.train.batch_size,
+                Augment {
+                    crop_padding: cfg.data.crop_padding,
+                    hflip: cfg.data.hflip,
+                },
+            )
+        };
         let steps_per_epoch = loader.batches_per_epoch(train_set.len());
         if steps_per_epoch == 0 {
             return Err(RecipeError::Config(format!(
@@ -300,6 +368,12 @@ impl Trainer {
             .map_err(|e| RecipeError::Config(e.to_string()))?;
         let mut rng = ChaCha8Rng::seed_from_u64(cfg.seed);
         let model = Model::new(&model_cfg, device, rng.next_u64())?;
+        validate_for_model(&cfg.mix, &model)?;
+        let teacher = if cfg.distill.enabled {
+            Some(Teacher::new(&model, cfg.distill.ema_momentum, device)?)
+        } else {
+            None
+        };
         let opt = build_optimizer(&cfg, &model)?;
         Ok(Self {
             cfg,
@@ -311,6 +385,7 @@ impl Trainer {
             schedule,
             rng,
             model,
+            teacher,
             opt,
         })
     }
@@ -338,7 +413,13 @@ impl Trainer {
     ) -> Result<TrainOutcome> {
         let (mut epoch, mut step, mut metrics) = (0, 0, Vec::new());
         if resume {
-            let r = load_checkpoint(run, &self.model, self.opt.as_mut(), &self.device)?;
+            let r = load_checkpoint(
+                run,
+                &self.model,
+                self.teacher.as_mut(),
+                self.opt.as_mut(),
+                &self.device,
+            )?;
             (epoch, step, metrics, self.rng) = (r.epoch, r.step, r.metrics, r.rng);
         } else {
             run.write_config(&self.cfg)?;
@@ -360,8 +441,20 @@ impl Trainer {
                     break;
                 }
                 let t0 = Instant::now();
-                let images = Tensor::from_slice(&batch.images, batch.shape.to_vec(), device)?;
-                let loss = training_loss(model, &images, &batch.labels, &cfg.mix, &mut self.rng)?;
+                let step_batch = StepBatch {
+                    images: &batch.images,
+                    shape: batch.shape,
+                    labels: &batch.labels,
+                    teacher_view: batch.second_view.as_deref(),
+                };
+                let loss = training_loss(
+                    model,
+                    self.teacher.as_ref().map(|t| &t.model),
+                    &step_batch,
+                    &cfg.mix,
+                    &cfg.distill,
+                    &mut self.rng,
+                )?;
                 let loss_value = loss.to_scalar::<f32>()?;
                 if !loss_value.is_finite() {
                     return Err(RecipeError::NonFiniteLoss {
@@ -376,6 +469,9 @@ impl Trainer {
                 }
                 lr = self.schedule.lr_at(step);
                 self.opt.step(&grads, lr)?;
+                if let Some(t) = self.teacher.as_mut() {
+                    t.update(model)?;
+                }
                 step += 1;
                 busy += t0.elapsed().as_secs_f64();
                 seen += batch.labels.len();
@@ -405,6 +501,7 @@ impl Trainer {
             save_checkpoint(
                 run,
                 model,
+                self.teacher.as_ref(),
                 self.opt.as_ref(),
                 &self.rng,
                 epoch,

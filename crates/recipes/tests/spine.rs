@@ -6,18 +6,15 @@ use multimix_augment::dense::{attention, dense_weights, gap_query, mix_dense_tar
 use multimix_augment::targets::smooth_one_hot;
 use multimix_augment::{AttnNorm, MultiMix};
 use multimix_backbones::{Model, ModelConfig};
-use multimix_recipes::config::{MixConfig, MixMethod, DEFAULT_ARCHITECTURE};
-use multimix_recipes::mixing::training_loss;
+use multimix_recipes::config::{DistillConfig, MixConfig, MixMethod, DEFAULT_ARCHITECTURE};
+use multimix_recipes::mixing::{training_loss, validate, StepBatch};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
-fn batch(b: usize, rng: &mut ChaCha8Rng) -> (Tensor, Vec<u32>) {
+fn batch(b: usize, rng: &mut ChaCha8Rng) -> (Vec<f32>, Vec<u32>) {
     let pixels: Vec<f32> = (0..b * 28 * 28).map(|_| rng.random::<f32>()).collect();
     let labels = (0..b).map(|i| (i % 10) as u32).collect();
-    (
-        Tensor::from_vec(pixels, (b, 1, 28, 28), &Device::Cpu).unwrap(),
-        labels,
-    )
+    (pixels, labels)
 }
 
 fn default_model(seed: u64) -> Model {
@@ -26,24 +23,36 @@ fn default_model(seed: u64) -> Model {
 }
 
 /// candle's fused layer norm and softmax silently drop gradients; ours must not. After one
-/// backward pass of each mixing method's loss, every trainable tensor has a finite, nonzero
-/// gradient.
+/// backward pass of each mixing method's loss (and of MultiMix with self-distillation), every
+/// trainable tensor has a finite, nonzero gradient.
 #[test]
 fn every_vit_parameter_gets_a_gradient() {
-    for method in [
-        MixMethod::None,
-        MixMethod::Multimix,
-        MixMethod::DenseMultimix,
-    ] {
+    let distilled = [MixMethod::Multimix, MixMethod::DenseMultimix].map(|m| (m, true));
+    let plain = MixMethod::ALL.map(|(_, m)| (m, false));
+    for (method, self_distill) in plain.into_iter().chain(distilled) {
         let mut rng = ChaCha8Rng::seed_from_u64(7);
         let model = default_model(1);
+        let teacher = default_model(2);
         let (x, y) = batch(8, &mut rng);
-        let cfg = MixConfig {
+        let (x2, _) = batch(8, &mut rng);
+        let mut cfg = MixConfig {
             method,
             n: 64,
             ..MixConfig::default()
         };
-        let loss = training_loss(&model, &x, &y, &cfg, &mut rng).unwrap();
+        cfg.resolve();
+        let distill = DistillConfig {
+            enabled: self_distill,
+            ..DistillConfig::default()
+        };
+        validate(&cfg, &distill, 8).unwrap();
+        let step = StepBatch {
+            images: &x,
+            shape: [8, 1, 28, 28],
+            labels: &y,
+            teacher_view: Some(&x2),
+        };
+        let loss = training_loss(&model, Some(&teacher), &step, &cfg, &distill, &mut rng).unwrap();
         let grads = loss.backward().unwrap();
         let params = model.params().trainable();
         assert!(
