@@ -128,3 +128,40 @@ pub fn mix_dense_targets(xi: &Tensor, targets: &Tensor) -> Result<Tensor> {
         .matmul(targets)?
         .reshape((r, n, c))?)
 }
+
+/// Dense MultiMix of per-position values `V` `[b, r, k]` without forming `ξ̂`: since
+/// `ξ̂_kij = λ_ki a_ij / (Σ_i' λ_ki' a_i'j + ε)`, the mix is `(Λ (A ⊙ V))_kj / ((Λ A)_kj + ε)`,
+/// two matrix products over the batch (`[n, b] × [b, r·k]` and `[n, b] × [b, r]`). Gives
+/// `[n, r, k]`, equal to [`mix_dense`] of [`dense_weights`] up to the layout.
+pub fn mix_dense_factored(lambda: &Tensor, attn: &Tensor, values: &Tensor) -> Result<Tensor> {
+    let (n, b) = lambda.dims2()?;
+    let (ba, r) = attn.dims2()?;
+    let (bv, rv, k) = values.dims3()?;
+    if b != ba || (b, r) != (bv, rv) {
+        return Err(AugmentError::Shape(format!(
+            "interpolation matrix {:?}, attention {:?} and values {:?} do not fit",
+            lambda.dims(),
+            attn.dims(),
+            values.dims()
+        )));
+    }
+    let weighted = values
+        .broadcast_mul(&attn.unsqueeze(2)?)?
+        .reshape((b, r * k))?;
+    let num = lambda.matmul(&weighted)?.reshape((n, r, k))?;
+    let den = (lambda.matmul(attn)? + DENSE_EPS)?.unsqueeze(2)?;
+    Ok(num.broadcast_div(&den)?)
+}
+
+/// Dense targets without forming `ξ̂`: `Ỹ_kj = (Λ (A ⊗ Y))_kj / ((Λ A)_kj + ε)` for targets
+/// `Y` `[b, c]` shared by all positions of an example, giving `[n, r, c]`.
+pub fn mix_dense_targets_factored(
+    lambda: &Tensor,
+    attn: &Tensor,
+    targets: &Tensor,
+) -> Result<Tensor> {
+    let (b, c) = targets.dims2()?;
+    let (_, r) = attn.dims2()?;
+    let per_position = targets.unsqueeze(1)?.broadcast_as((b, r, c))?;
+    mix_dense_factored(lambda, attn, &per_position)
+}

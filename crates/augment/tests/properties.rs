@@ -198,3 +198,34 @@ fn dense_with_uniform_attention_is_pooled_multimix_at_every_position() {
         .unwrap();
     assert!(sums.iter().all(|s| (s - 1.0).abs() < 1e-5));
 }
+
+/// The factored dense mix (two products over the batch) equals the explicit `ξ̂` mix.
+#[test]
+fn factored_dense_mix_equals_explicit_weights() {
+    use multimix_augment::dense::{mix_dense_factored, mix_dense_targets_factored};
+    let mut rng = ChaCha8Rng::seed_from_u64(8);
+    let (b, r, k, c, n) = (12, 6, 5, 4, 40);
+    let lambda = MultiMix {
+        n,
+        alpha: 1.0,
+        m: Some(4),
+    }
+    .sample(b, &mut rng, &Device::Cpu)
+    .unwrap();
+    let v = randn(&mut rng, &[b, r, k]);
+    for norm in [AttnNorm::Softmax, AttnNorm::ReluL1] {
+        let attn = attention(&v, Some(&v.mean(1).unwrap()), norm).unwrap();
+        let xi = dense_weights(&lambda, &attn).unwrap();
+        let explicit = mix_dense(&xi, &v).unwrap().transpose(0, 1).unwrap();
+        let factored = mix_dense_factored(&lambda, &attn, &v).unwrap();
+        assert!(max_abs_diff(&explicit, &factored) < 1e-5, "{norm:?}");
+        let labels: Vec<u32> = (0..b).map(|i| (i % c) as u32).collect();
+        let y = smooth_one_hot(&labels, c, 0.1, &Device::Cpu).unwrap();
+        let explicit = mix_dense_targets(&xi, &y).unwrap().transpose(0, 1).unwrap();
+        let factored = mix_dense_targets_factored(&lambda, &attn, &y).unwrap();
+        assert!(
+            max_abs_diff(&explicit, &factored) < 1e-5,
+            "{norm:?} targets"
+        );
+    }
+}

@@ -5,7 +5,7 @@ use crate::config::{DistillConfig, MixConfig, MixMethod, MixSpace};
 use crate::error::{RecipeError, Result};
 use candle_core::Tensor;
 use multimix_augment::dense::{
-    attention, cam_query, dense_weights, gap_query, mix_dense, mix_dense_targets,
+    attention, cam_query, gap_query, mix_dense_factored, mix_dense_targets_factored,
 };
 use multimix_augment::distill::teacher_probs;
 use multimix_augment::loss::soft_cross_entropy;
@@ -146,8 +146,8 @@ pub struct StepBatch<'a> {
 enum Interp {
     /// `Λ` `[n, b]` (pooled MultiMix).
     Rows(Tensor),
-    /// `ξ̂` `[r, n, b]` (dense MultiMix).
-    Dense(Tensor),
+    /// `Λ` `[n, b]` and the attention `A` `[b, r]` (dense MultiMix: `ξ̂_kij ∝ λ_ki a_ij`).
+    Dense(Tensor, Tensor),
 }
 
 impl Interp {
@@ -155,7 +155,7 @@ impl Interp {
     fn mix(&self, values: &Tensor) -> Result<Tensor> {
         Ok(match self {
             Interp::Rows(lambda) => mix_rows(lambda, values)?,
-            Interp::Dense(xi) => mix_dense(xi, values)?,
+            Interp::Dense(lambda, attn) => mix_dense_factored(lambda, attn, values)?,
         })
     }
 }
@@ -304,13 +304,12 @@ fn multimix_step(
     };
     let attn = attention(&z_att, query.as_ref(), cfg.attn_norm)?;
     let lambda = multimix(cfg).sample(b, rng, device)?;
-    let xi = dense_weights(&lambda, &attn)?;
     let mixed_logits = match cfg.space {
-        MixSpace::Logits => mix_dense(&xi, &head.forward(&z)?)?,
-        MixSpace::Embeddings => head.forward(&mix_dense(&xi, &z)?)?,
+        MixSpace::Logits => mix_dense_factored(&lambda, &attn, &head.forward(&z)?)?,
+        MixSpace::Embeddings => head.forward(&mix_dense_factored(&lambda, &attn, &z)?)?,
     };
-    let mixed_targets = mix_dense_targets(&xi, targets)?;
-    Ok((mixed_logits, mixed_targets, Interp::Dense(xi)))
+    let mixed_targets = mix_dense_targets_factored(&lambda, &attn, targets)?;
+    Ok((mixed_logits, mixed_targets, Interp::Dense(lambda, attn)))
 }
 
 /// METHOD.md §4: the teacher's soft targets interpolated with the student's weights,
