@@ -215,3 +215,77 @@ fn mixing_flags_are_written_to_config_toml() {
     );
     assert_eq!(cfg.mix.pairing, Some(multimix_augment::Pairing::Flip));
 }
+
+/// Ctrl-C (SIGINT) while training saves a checkpoint and exits with 130; `--resume` finishes
+/// the run and writes the report.
+#[test]
+fn ctrl_c_saves_a_checkpoint_and_resume_finishes() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("long.toml");
+    let text = common::TINY_CONFIG.replace("max_steps = 4", "max_steps = 400");
+    std::fs::write(&config, text).unwrap();
+    let run = dir.path().join("run");
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_multimix"))
+        .args([
+            "train",
+            "--config",
+            config.to_str().unwrap(),
+            "--out",
+            run.to_str().unwrap(),
+        ])
+        .stderr(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // config.toml is written once training starts, after the handler is installed.
+    let t0 = std::time::Instant::now();
+    while !run.join("config.toml").exists() {
+        assert!(t0.elapsed().as_secs() < 60, "training did not start");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    // SAFETY: sends SIGINT to the child process we spawned.
+    unsafe {
+        libc::kill(child.id() as libc::pid_t, libc::SIGINT);
+    }
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(130), "{err}");
+    assert!(err.contains("--resume"), "{err}");
+    assert!(run.join("checkpoint.safetensors").is_file());
+    assert!(!run.join("report.json").exists());
+    let resumed = common::multimix(&["train", "--resume", run.to_str().unwrap()]);
+    assert!(
+        resumed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&resumed.stderr)
+    );
+    assert!(run.join("report.json").is_file());
+}
+
+/// A loss that turns non-finite stops the run with one line naming epoch and step; what was
+/// written before stays and no temporary file is left.
+#[test]
+fn non_finite_loss_stops_with_a_clear_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = tiny_config(dir.path());
+    let run = dir.path().join("run");
+    let line = stderr_line(&common::multimix(&[
+        "train",
+        "--config",
+        &config,
+        "--out",
+        run.to_str().unwrap(),
+        "--lr",
+        "1e30",
+    ]));
+    assert!(
+        line.contains("epoch 1, step") && line.contains("--lr"),
+        "{line}"
+    );
+    let files: Vec<String> = std::fs::read_dir(&run)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(files, ["config.toml"], "{files:?}");
+}

@@ -55,6 +55,7 @@ fn stopped_and_resumed_equals_straight_through() {
     let stopped = RunDir::create(&dir.path().join("stopped")).unwrap();
     let stop = TrainControl {
         stop_after_epochs: Some(1),
+        ..TrainControl::default()
     };
     let first = Trainer::new(config(), &device)
         .unwrap()
@@ -75,5 +76,44 @@ fn stopped_and_resumed_equals_straight_through() {
     };
     assert_eq!(curve(&a.metrics), curve(&b.metrics));
     // Model, optimizer state and EMA teacher: the same values.
+    assert_eq!(tensors(straight.path()), tensors(stopped.path()));
+}
+
+/// An interrupt mid-epoch saves a checkpoint that `--resume` continues from exactly.
+#[test]
+fn interrupted_mid_epoch_and_resumed_equals_straight_through() {
+    static STOP: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(true);
+    let device = Device::Cpu;
+    let dir = tempfile::tempdir().unwrap();
+    let straight = RunDir::create(&dir.path().join("straight")).unwrap();
+    let a = Trainer::new(config(), &device)
+        .unwrap()
+        .run(&straight, false, &TrainControl::default(), &mut Silent)
+        .unwrap();
+    assert!(!a.interrupted);
+
+    let stopped = RunDir::create(&dir.path().join("stopped")).unwrap();
+    let stop = TrainControl {
+        interrupt: Some(&STOP),
+        ..TrainControl::default()
+    };
+    let first = Trainer::new(config(), &device)
+        .unwrap()
+        .run(&stopped, false, &stop, &mut Silent)
+        .unwrap();
+    assert!(
+        first.interrupted && first.metrics.is_empty(),
+        "stops after one step"
+    );
+    let b = Trainer::new(stopped.read_config().unwrap(), &device)
+        .unwrap()
+        .run(&stopped, true, &TrainControl::default(), &mut Silent)
+        .unwrap();
+    let curve = |m: &[multimix_recipes::run::EpochMetrics]| -> Vec<(usize, f64, f64)> {
+        m.iter()
+            .map(|e| (e.step, e.train_loss, e.test_accuracy))
+            .collect()
+    };
+    assert_eq!(curve(&a.metrics), curve(&b.metrics));
     assert_eq!(tensors(straight.path()), tensors(stopped.path()));
 }

@@ -4,7 +4,7 @@ use anyhow::{bail, Context, Result};
 use clap::Args;
 use multimix::evaluation::{evaluate_model, write_report};
 use multimix_augment::{AttnNorm, AttnQuery, MixMode, Pairing};
-use multimix_recipes::config::{MixMethod, TrainConfig};
+use multimix_recipes::config::{MixMethod, OptimizerKind, ScheduleKind, TrainConfig};
 use multimix_recipes::progress::Bar;
 use multimix_recipes::run::RunDir;
 use multimix_recipes::train::{TrainControl, Trainer};
@@ -71,6 +71,21 @@ pub struct TrainArgs {
     /// Temperature of the teacher's softmax.
     #[arg(long)]
     distill_temperature: Option<f64>,
+    /// Optimizer: sgd (momentum 0.9) or adamw.
+    #[arg(long, value_parser = parse_enum::<OptimizerKind>)]
+    optimizer: Option<OptimizerKind>,
+    /// Weight decay (not on biases, norms, position embeddings, class tokens).
+    #[arg(long)]
+    weight_decay: Option<f64>,
+    /// Learning-rate schedule: cosine, step or constant.
+    #[arg(long, value_parser = parse_enum::<ScheduleKind>)]
+    schedule: Option<ScheduleKind>,
+    /// Linear warmup in epochs (fractions allowed).
+    #[arg(long)]
+    warmup_epochs: Option<f64>,
+    /// Clip the gradient to this global L2 norm.
+    #[arg(long)]
+    clip_grad: Option<f64>,
     /// Epochs.
     #[arg(long)]
     epochs: Option<usize>,
@@ -92,6 +107,12 @@ pub struct TrainArgs {
     /// Device: cpu, cuda, cuda:N.
     #[arg(long, default_value = "cpu")]
     device: String,
+}
+
+/// Parse a flag value as the configuration file spells it (the enum's serde names).
+fn parse_enum<T: serde::de::DeserializeOwned>(s: &str) -> Result<T, String> {
+    use serde::de::IntoDeserializer;
+    T::deserialize(s.into_deserializer()).map_err(|e: serde::de::value::Error| e.to_string())
 }
 
 /// Set each configuration key whose flag was given; true when any was.
@@ -127,6 +148,11 @@ impl TrainArgs {
             ema_momentum => distill.ema_momentum,
             distill_weight => distill.weight,
             distill_temperature => distill.temperature,
+            optimizer => optim.name,
+            weight_decay => optim.weight_decay,
+            schedule => schedule.name,
+            warmup_epochs => schedule.warmup_epochs,
+            clip_grad => optim.clip_grad,
             epochs => train.epochs,
             max_steps => train.max_steps,
             batch_size => train.batch_size,
@@ -191,7 +217,19 @@ pub fn run(args: TrainArgs) -> Result<()> {
             (RunDir::create(&path)?, trainer, false)
         }
     };
-    let outcome = trainer.run(&run, resume, &TrainControl::default(), &mut Bar::new())?;
+    let control = TrainControl {
+        interrupt: Some(interrupt::on_ctrl_c()),
+        ..TrainControl::default()
+    };
+    let outcome = trainer.run(&run, resume, &control, &mut Bar::new())?;
+    if outcome.interrupted {
+        eprintln!(
+            "interrupted: checkpoint saved; continue with `multimix train --resume {}`",
+            run.path().display()
+        );
+        println!("{}", run.path().display());
+        std::process::exit(130);
+    }
     eprintln!("evaluating (accuracy, calibration, FGSM, OOD) ...");
     let report = evaluate_model(&outcome.model, &outcome.config.eval, &outcome.test, &device)?;
     write_report(&run, &report)?;
@@ -211,4 +249,31 @@ pub fn run(args: TrainArgs) -> Result<()> {
     }
     println!("{}", run.path().display());
     Ok(())
+}
+
+/// Ctrl-C during training: the first one asks the loop to save a checkpoint and stop after the
+/// current step; a second one ends the process at once (the default action is restored).
+mod interrupt {
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    static REQUESTED: AtomicBool = AtomicBool::new(false);
+
+    extern "C" fn on_sigint(_: libc::c_int) {
+        REQUESTED.store(true, Ordering::SeqCst);
+        // SAFETY: signal() with SIG_DFL is async-signal-safe on Linux and only resets the
+        // disposition of SIGINT.
+        unsafe {
+            libc::signal(libc::SIGINT, libc::SIG_DFL);
+        }
+    }
+
+    /// Install the handler and return the flag it sets.
+    pub fn on_ctrl_c() -> &'static AtomicBool {
+        let handler = on_sigint as extern "C" fn(libc::c_int);
+        // SAFETY: the handler only stores to an atomic and resets the disposition.
+        unsafe {
+            libc::signal(libc::SIGINT, handler as libc::sighandler_t);
+        }
+        &REQUESTED
+    }
 }

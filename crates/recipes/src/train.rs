@@ -19,7 +19,9 @@ use multimix_eval::suite::{logits, top1};
 use multimix_hub::checkpoint::{load_safetensors, save_safetensors};
 use rand::{RngCore, SeedableRng};
 use rand_chacha::ChaCha8Rng;
+use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -29,12 +31,27 @@ const META_EPOCH: &str = "multimix.epoch";
 const META_STEP: &str = "multimix.step";
 const META_RNG: &str = "multimix.rng";
 const META_METRICS: &str = "multimix.metrics";
+const META_EPOCH_STATE: &str = "multimix.epoch_state";
 
 /// Run-time controls that are not part of the configuration.
 #[derive(Debug, Clone, Default)]
 pub struct TrainControl {
     /// Stop (with a checkpoint) once this many epochs are done, as if interrupted.
     pub stop_after_epochs: Option<usize>,
+    /// When set (e.g. by a Ctrl-C handler), stop after the current step with a checkpoint that
+    /// `--resume` continues from mid-epoch.
+    pub interrupt: Option<&'static AtomicBool>,
+}
+
+/// Where an interrupted epoch stood: its loader seed, the batches done and the running sums.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+struct EpochState {
+    seed: u64,
+    batches: usize,
+    loss_sum: f64,
+    seen: usize,
+    busy: f64,
+    lr: f64,
 }
 
 /// What a finished (or stopped) run leaves in memory.
@@ -47,6 +64,8 @@ pub struct TrainOutcome {
     pub test: Arc<Dataset>,
     /// Per-epoch metrics.
     pub metrics: Vec<EpochMetrics>,
+    /// The run stopped on [`TrainControl::interrupt`] before its end (a checkpoint was saved).
+    pub interrupted: bool,
 }
 
 /// Fill the model arguments the data determines (classes, input channels, image size) unless
@@ -184,6 +203,7 @@ struct Resumed {
     step: usize,
     rng: ChaCha8Rng,
     metrics: Vec<EpochMetrics>,
+    partial: Option<EpochState>,
 }
 
 fn meta_json<T: serde::de::DeserializeOwned>(
@@ -209,6 +229,7 @@ fn save_checkpoint(
     epoch: usize,
     step: usize,
     metrics: &[EpochMetrics],
+    partial: Option<&EpochState>,
 ) -> Result<()> {
     let weights = model.params().tensors()?;
     let config_json =
@@ -231,13 +252,16 @@ fn save_checkpoint(
         );
     }
     let json = |v: &dyn erased::Json| v.json();
-    let meta = BTreeMap::from([
+    let mut meta = BTreeMap::from([
         (META_MODEL_CONFIG.to_string(), config_json.clone()),
         (META_EPOCH.to_string(), epoch.to_string()),
         (META_STEP.to_string(), step.to_string()),
         (META_RNG.to_string(), json(&RngState::capture(rng))),
         (META_METRICS.to_string(), json(&metrics.to_vec())),
     ]);
+    if let Some(p) = partial {
+        meta.insert(META_EPOCH_STATE.to_string(), json(p));
+    }
     save_safetensors(&run.file(CHECKPOINT_FILE), &all, &meta)?;
     let model_meta = BTreeMap::from([(META_MODEL_CONFIG.to_string(), config_json)]);
     save_safetensors(&run.file(MODEL_FILE), &weights, &model_meta)?;
@@ -296,6 +320,10 @@ fn load_checkpoint(
         step: meta_json(&ckpt.metadata, META_STEP, &file)?,
         rng: rng.restore()?,
         metrics: meta_json(&ckpt.metadata, META_METRICS, &file)?,
+        partial: match ckpt.metadata.contains_key(META_EPOCH_STATE) {
+            true => Some(meta_json(&ckpt.metadata, META_EPOCH_STATE, &file)?),
+            false => None,
+        },
     })
 }
 
@@ -402,8 +430,9 @@ impl Trainer {
 
     /// Train, writing the run directory as it goes: `config.toml` first, then after every epoch
     /// a checkpoint, the weights and `metrics.jsonl`. With `resume`, continue from the run's
-    /// `checkpoint.safetensors` exactly where it stopped (same batches, same mixing
-    /// coefficients, same result as a run straight through).
+    /// `checkpoint.safetensors` exactly where it stopped, at an epoch's end or (after an
+    /// interrupt) in the middle of one: same batches, same mixing coefficients, same result as
+    /// a run straight through.
     pub fn run(
         mut self,
         run: &RunDir,
@@ -411,7 +440,7 @@ impl Trainer {
         control: &TrainControl,
         progress: &mut dyn Progress,
     ) -> Result<TrainOutcome> {
-        let (mut epoch, mut step, mut metrics) = (0, 0, Vec::new());
+        let (mut epoch, mut step, mut metrics, mut partial) = (0, 0, Vec::new(), None);
         if resume {
             let r = load_checkpoint(
                 run,
@@ -420,7 +449,8 @@ impl Trainer {
                 self.opt.as_mut(),
                 &self.device,
             )?;
-            (epoch, step, metrics, self.rng) = (r.epoch, r.step, r.metrics, r.rng);
+            (epoch, step, metrics, self.rng, partial) =
+                (r.epoch, r.step, r.metrics, r.rng, r.partial);
         } else {
             run.write_config(&self.cfg)?;
         }
@@ -431,12 +461,16 @@ impl Trainer {
             .into_iter()
             .map(|(_, v)| v)
             .collect();
+        let interrupted = || control.interrupt.is_some_and(|f| f.load(Ordering::SeqCst));
         progress.start(self.total_steps, step);
         while epoch < cfg.train.epochs && step < self.total_steps {
-            epoch += 1;
-            let epoch_seed = self.rng.next_u64();
-            let (mut loss_sum, mut seen, mut busy, mut lr) = (0.0f64, 0usize, 0.0f64, 0.0);
-            for batch in Batches::new(self.train_set.clone(), self.loader, epoch_seed) {
+            // A fresh epoch draws its loader seed; an interrupted one continues where it stood.
+            let mut state = partial.take().unwrap_or_else(|| EpochState {
+                seed: self.rng.next_u64(),
+                ..EpochState::default()
+            });
+            let batches = Batches::new(self.train_set.clone(), self.loader, state.seed);
+            for batch in batches.skip(state.batches) {
                 if step >= self.total_steps {
                     break;
                 }
@@ -458,7 +492,7 @@ impl Trainer {
                 let loss_value = loss.to_scalar::<f32>()?;
                 if !loss_value.is_finite() {
                     return Err(RecipeError::NonFiniteLoss {
-                        epoch,
+                        epoch: epoch + 1,
                         step: step + 1,
                         loss: loss_value,
                     });
@@ -467,46 +501,65 @@ impl Trainer {
                 if let Some(max_norm) = cfg.optim.clip_grad {
                     clip_grad_norm(&mut grads, &vars, max_norm)?;
                 }
-                lr = self.schedule.lr_at(step);
-                self.opt.step(&grads, lr)?;
+                state.lr = self.schedule.lr_at(step);
+                self.opt.step(&grads, state.lr)?;
                 if let Some(t) = self.teacher.as_mut() {
                     t.update(model)?;
                 }
                 step += 1;
-                busy += t0.elapsed().as_secs_f64();
-                seen += batch.labels.len();
-                loss_sum += loss_value as f64 * batch.labels.len() as f64;
+                state.batches += 1;
+                state.busy += t0.elapsed().as_secs_f64();
+                state.seen += batch.labels.len();
+                state.loss_sum += loss_value as f64 * batch.labels.len() as f64;
                 progress.step(
-                    epoch,
+                    epoch + 1,
                     cfg.train.epochs,
                     loss_value as f64,
-                    seen as f64 / busy.max(1e-9),
+                    state.seen as f64 / state.busy.max(1e-9),
                 );
+                if interrupted() {
+                    let teacher = self.teacher.as_ref();
+                    let opt = self.opt.as_ref();
+                    save_checkpoint(
+                        run,
+                        model,
+                        teacher,
+                        opt,
+                        &self.rng,
+                        epoch,
+                        step,
+                        &metrics,
+                        Some(&state),
+                    )?;
+                    progress.finish();
+                    return Ok(TrainOutcome {
+                        model: self.model,
+                        config: self.cfg,
+                        test: self.test_set,
+                        metrics,
+                        interrupted: true,
+                    });
+                }
             }
+            epoch += 1;
             let test_logits = logits(model, &self.test_set, cfg.eval.batch_size, device)?;
             let m = EpochMetrics {
                 epoch,
                 step,
-                train_loss: loss_sum / seen.max(1) as f64,
+                train_loss: state.loss_sum / state.seen.max(1) as f64,
                 test_accuracy: top1(
                     &test_logits,
                     &self.test_set.labels,
                     model.config().num_classes(),
                 ),
-                lr,
-                images_per_sec: seen as f64 / busy.max(1e-9),
+                lr: state.lr,
+                images_per_sec: state.seen as f64 / state.busy.max(1e-9),
             };
             progress.epoch(&m, cfg.train.epochs);
             metrics.push(m);
+            let (teacher, opt) = (self.teacher.as_ref(), self.opt.as_ref());
             save_checkpoint(
-                run,
-                model,
-                self.teacher.as_ref(),
-                self.opt.as_ref(),
-                &self.rng,
-                epoch,
-                step,
-                &metrics,
+                run, model, teacher, opt, &self.rng, epoch, step, &metrics, None,
             )?;
             run.write_metrics(&metrics)?;
             if control.stop_after_epochs.is_some_and(|k| epoch >= k) {
@@ -519,6 +572,7 @@ impl Trainer {
             config: self.cfg,
             test: self.test_set,
             metrics,
+            interrupted: false,
         })
     }
 }
