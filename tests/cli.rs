@@ -225,7 +225,7 @@ fn ctrl_c_saves_a_checkpoint_and_resume_finishes() {
     let text = common::TINY_CONFIG.replace("max_steps = 4", "max_steps = 400");
     std::fs::write(&config, text).unwrap();
     let run = dir.path().join("run");
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_multimix"))
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_multimix"))
         .args([
             "train",
             "--config",
