@@ -5,6 +5,9 @@
 
 pub mod attacks;
 pub mod calibration;
+pub mod detectors;
+pub mod geometry;
+mod linalg;
 pub mod ood_metrics;
 pub mod report;
 pub mod suite;

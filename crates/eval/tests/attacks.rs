@@ -95,3 +95,15 @@ fn the_uniform_start_is_seeded_and_in_the_ball() {
     assert!(a.iter().all(|v| (-0.1..0.1).contains(v)));
     assert!(a.iter().any(|v| *v < -0.05) && a.iter().any(|v| *v > 0.05));
 }
+
+#[test]
+fn odin_equals_pytorch_ood() {
+    use multimix_eval::detectors::{odin, OdinConfig};
+    let t = tensors();
+    let m = model(&t);
+    for (images, expected) in [("images", "odin.scores"), ("noise", "odin.noise_scores")] {
+        let scores = odin(&m, &t[images], &OdinConfig::default()).unwrap();
+        let d = max_abs_diff(&scores, &values(&t[expected]));
+        assert!(d < 1e-6, "{images}: max difference {d}");
+    }
+}
