@@ -57,7 +57,11 @@ fn json_output_equals_scikit_learn_on_tied_scores() {
             p_out.to_str().unwrap(),
             "--json",
         ]);
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         let got: Value = serde_json::from_slice(&out.stdout).unwrap();
         let keys = [
             "auroc",
@@ -91,13 +95,19 @@ fn a_bad_line_is_named_by_file_and_line() {
         ])
     };
     let line = one_error_line(&run(&p_in, &p_out));
-    assert!(line.contains("out.txt:3") && line.contains("0.2x"), "{line}");
+    assert!(
+        line.contains("out.txt:3") && line.contains("0.2x"),
+        "{line}"
+    );
     std::fs::write(&p_out, "nan\n").unwrap();
     let line = one_error_line(&run(&p_in, &p_out));
     assert!(line.contains("out.txt:1") && line.contains("nan"), "{line}");
     std::fs::write(&p_out, "\n  \n").unwrap();
     let line = one_error_line(&run(&p_in, &p_out));
-    assert!(line.contains("out.txt") && line.contains("no scores"), "{line}");
+    assert!(
+        line.contains("out.txt") && line.contains("no scores"),
+        "{line}"
+    );
     let missing = dir.path().join("missing.txt");
     let line = one_error_line(&run(&missing, &p_in));
     assert!(line.contains("missing.txt"), "{line}");
@@ -106,5 +116,8 @@ fn a_bad_line_is_named_by_file_and_line() {
     let out = run(&p_in, &p_out);
     assert!(out.status.success());
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(text.contains("ID positive") && text.contains("OOD positive"), "{text}");
+    assert!(
+        text.contains("ID positive") && text.contains("OOD positive"),
+        "{text}"
+    );
 }

@@ -37,7 +37,10 @@ pub fn parse_scores(text: &str, path: &Path) -> Result<Vec<f32>> {
         }
     }
     if scores.is_empty() {
-        bail!("{} holds no scores (expected one number per line)", path.display());
+        bail!(
+            "{} holds no scores (expected one number per line)",
+            path.display()
+        );
     }
     Ok(scores)
 }
@@ -77,8 +80,14 @@ pub fn run(args: OodMetricsArgs) -> Result<()> {
         println!("AUPR-In (ID positive)                {:.6}", m.aupr_in);
         println!("AUPR-Out (OOD positive)              {:.6}", m.aupr_out);
         println!("FPR@95 (ID positive, ODIN)           {:.6}", m.fpr95);
-        println!("FPR@95 (OOD positive, OpenOOD)       {:.6}", m.fpr95_ood_positive);
-        println!("detection error                      {:.6}", m.detection_error);
+        println!(
+            "FPR@95 (OOD positive, OpenOOD)       {:.6}",
+            m.fpr95_ood_positive
+        );
+        println!(
+            "detection error                      {:.6}",
+            m.detection_error
+        );
     }
     Ok(())
 }

@@ -271,7 +271,9 @@ impl Mahalanobis {
                         self.precision
                             .chunks_exact(d)
                             .zip(&diff)
-                            .map(|(row, &xr)| xr * row.iter().zip(&diff).map(|(p, x)| p * x).sum::<f64>())
+                            .map(|(row, &xr)| {
+                                xr * row.iter().zip(&diff).map(|(p, x)| p * x).sum::<f64>()
+                            })
                             .sum::<f64>()
                     })
                     .fold(f64::INFINITY, f64::min);
@@ -289,7 +291,11 @@ pub(crate) fn l2_normalize(features: &[f32], dim: usize) -> Vec<f64> {
     features
         .chunks_exact(dim)
         .flat_map(|row| {
-            let norm = row.iter().map(|&v| f64::from(v).powi(2)).sum::<f64>().sqrt();
+            let norm = row
+                .iter()
+                .map(|&v| f64::from(v).powi(2))
+                .sum::<f64>()
+                .sqrt();
             row.iter().map(move |&v| f64::from(v) / (norm + 1e-10))
         })
         .collect()

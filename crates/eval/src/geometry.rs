@@ -98,7 +98,9 @@ pub fn pca_2d(x: &[f32], dim: usize) -> Result<Projection, MetricError> {
     let (values, vectors) = symmetric_eigen(&covariance(&x, dim), dim);
     let mut components = vectors[..2 * dim].to_vec();
     for c in components.chunks_exact_mut(dim) {
-        let largest = c.iter().fold(0.0f64, |m, &v| if v.abs() > m.abs() { v } else { m });
+        let largest = c
+            .iter()
+            .fold(0.0f64, |m, &v| if v.abs() > m.abs() { v } else { m });
         if largest < 0.0 {
             c.iter_mut().for_each(|v| *v = -*v);
         }

@@ -54,9 +54,24 @@ fn logit_scores_equal_the_torch_formulas() {
         let c = usize_of(&case["num_classes"]);
         let logits = f32s(&case["logits"]);
         assert_close("msp", &msp(&logits, c), &f64s(&case["msp"]), 1e-6);
-        assert_close("maxlogit", &max_logit(&logits, c), &f64s(&case["maxlogit"]), 0.0);
-        assert_close("energy T=1", &energy(&logits, c, 1.0), &f64s(&case["energy_t1"]), 1e-6);
-        assert_close("energy T=2", &energy(&logits, c, 2.0), &f64s(&case["energy_t2"]), 1e-6);
+        assert_close(
+            "maxlogit",
+            &max_logit(&logits, c),
+            &f64s(&case["maxlogit"]),
+            0.0,
+        );
+        assert_close(
+            "energy T=1",
+            &energy(&logits, c, 1.0),
+            &f64s(&case["energy_t1"]),
+            1e-6,
+        );
+        assert_close(
+            "energy T=2",
+            &energy(&logits, c, 2.0),
+            &f64s(&case["energy_t2"]),
+            1e-6,
+        );
     }
 }
 
@@ -65,13 +80,8 @@ fn mahalanobis_equals_sklearn_empirical_covariance() {
     for case in cases() {
         let dim = usize_of(&case["dim"]);
         let c = usize_of(&case["num_classes"]);
-        let det = Mahalanobis::fit(
-            &f32s(&case["train"]),
-            &u32s(&case["train_labels"]),
-            dim,
-            c,
-        )
-        .unwrap();
+        let det =
+            Mahalanobis::fit(&f32s(&case["train"]), &u32s(&case["train_labels"]), dim, c).unwrap();
         let name = format!("mahalanobis {}", case["name"]);
         let scores = det.score(&f32s(&case["test"])).unwrap();
         assert_close(&name, &scores, &f64s(&case["mahalanobis"]), 1e-5);
@@ -118,8 +128,8 @@ fn feature_detectors_refuse_bad_training_sets() {
 fn alignment_and_uniformity_equal_wang_and_isola() {
     for case in cases() {
         let dim = usize_of(&case["dim"]);
-        let g = alignment_uniformity(&f32s(&case["train"]), &u32s(&case["train_labels"]), dim)
-            .unwrap();
+        let g =
+            alignment_uniformity(&f32s(&case["train"]), &u32s(&case["train_labels"]), dim).unwrap();
         assert!((g.alignment - case["alignment"].as_f64().unwrap()).abs() < 1e-6);
         assert!((g.uniformity - case["uniformity"].as_f64().unwrap()).abs() < 1e-6);
     }
