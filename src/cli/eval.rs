@@ -28,14 +28,14 @@ pub struct EvalArgs {
     attack: Option<Vec<String>>,
     /// Comma-separated ε of the robustness curves in [0, 1] pixel units, as decimals or
     /// fractions, e.g. 1/255,2/255,4/255,8/255 (default: the FGSM ε only).
-    #[arg(long, value_delimiter = ',')]
+    #[arg(long, value_delimiter = ',', allow_negative_numbers = true)]
     eps: Option<Vec<String>>,
     /// Comma-separated OOD detectors: msp, maxlogit, energy, odin, mahalanobis, knn
     /// (default: msp, maxlogit, energy; mahalanobis and knn need the data's training split).
     #[arg(long, value_delimiter = ',')]
     detectors: Option<Vec<String>>,
     /// ε of the headline FGSM number, in [0, 1] pixel units, e.g. 8/255 (default: the run's).
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     fgsm_eps: Option<String>,
     /// Device: cpu, cuda, cuda:N.
     #[arg(long, default_value = "cpu")]
@@ -72,8 +72,46 @@ fn parse_list<T>(
         .collect()
 }
 
+/// What the flags ask for, parsed and checked before anything is loaded.
+struct Requested {
+    fgsm_eps: Option<f64>,
+    attacks: Option<Vec<Attack>>,
+    eps: Option<Vec<f64>>,
+    detectors: Option<Vec<Detector>>,
+}
+
+fn parse_flags(args: &EvalArgs) -> Result<Requested> {
+    let fgsm_eps = match &args.fgsm_eps {
+        Some(v) => Some(parse_eps(v).with_context(|| format!("--fgsm-eps `{v}`"))?),
+        None => None,
+    };
+    let attacks = match &args.attack {
+        Some(v) => Some(parse_list("attack", v, |s| {
+            s.parse::<Attack>().map_err(anyhow::Error::msg)
+        })?),
+        None => None,
+    };
+    let eps = match &args.eps {
+        Some(v) => Some(parse_list("eps", v, parse_eps)?),
+        None => None,
+    };
+    let detectors = match &args.detectors {
+        Some(v) => Some(parse_list("detectors", v, |s| {
+            s.parse::<Detector>().map_err(anyhow::Error::msg)
+        })?),
+        None => None,
+    };
+    Ok(Requested {
+        fgsm_eps,
+        attacks,
+        eps,
+        detectors,
+    })
+}
+
 /// Evaluate the run and rewrite its report.
 pub fn run(args: EvalArgs) -> Result<()> {
+    let requested = parse_flags(&args)?;
     let device = super::device(&args.device)?;
     let run = RunDir::open(&args.checkpoint)?;
     let mut cfg = run.read_config()?;
@@ -83,23 +121,19 @@ pub fn run(args: EvalArgs) -> Result<()> {
     if let Some(v) = args.ood {
         cfg.eval.ood = v;
     }
-    if let Some(v) = &args.fgsm_eps {
-        cfg.eval.fgsm_eps = parse_eps(v).with_context(|| format!("--fgsm-eps `{v}`"))?;
+    if let Some(v) = requested.fgsm_eps {
+        cfg.eval.fgsm_eps = v;
     }
     let mut opts = default_options(&cfg.eval);
     opts.seed = cfg.seed;
-    if let Some(v) = &args.attack {
-        opts.attacks = parse_list("attack", v, |s| {
-            s.parse::<Attack>().map_err(anyhow::Error::msg)
-        })?;
+    if let Some(v) = requested.attacks {
+        opts.attacks = v;
     }
-    if let Some(v) = &args.eps {
-        opts.eps = parse_list("eps", v, parse_eps)?;
+    if let Some(v) = requested.eps {
+        opts.eps = v;
     }
-    if let Some(v) = &args.detectors {
-        opts.detectors = parse_list("detectors", v, |s| {
-            s.parse::<Detector>().map_err(anyhow::Error::msg)
-        })?;
+    if let Some(v) = requested.detectors {
+        opts.detectors = v;
     }
     opts.validate()?;
     let model = load_model(run.path(), &device)?;
@@ -111,7 +145,7 @@ pub fn run(args: EvalArgs) -> Result<()> {
         Arc::new(conform(splits.test, shape).with_context(|| format!("test data `{spec}`"))?);
     let train = if opts.detectors.iter().any(|d| d.needs_training_features()) {
         let Some(train) = splits.train else {
-            bail!("--detectors mahalanobis/knn are fit on training features, but `{spec}` has no training split");
+            bail!("--detectors mahalanobis and knn are fit on training features, but `{spec}` has no training split (use --data with one, e.g. fashion-mnist-mini)");
         };
         Some(Arc::new(
             conform(train, shape).with_context(|| format!("training data `{spec}`"))?,

@@ -275,7 +275,8 @@ impl Figure {
             y: y_range,
         };
         self.draw_frame(&mut canvas, &axes);
-        canvas.clip = Some(area);
+        // The frame's own lines belong to the plot area: curves along an edge stay visible.
+        canvas.clip = Some(Rectangle::new(area.top_left, area.size + Size::new(1, 1)));
         for (index, series) in self.series.iter().enumerate() {
             canvas.opacity = series.opacity.clamp(0.0, 1.0);
             draw_series(&mut canvas, &axes, series, self.color_of(index));
