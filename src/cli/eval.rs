@@ -1,10 +1,12 @@
 //! `multimix eval`.
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use clap::Args;
 use multimix::checkpoint::load_model;
-use multimix::evaluation::{evaluate_model, write_report};
+use multimix::evaluation::{default_options, evaluate_model_with, write_report};
 use multimix_data::{conform, DataSpec};
+use multimix_eval::detectors::Detector;
+use multimix_eval::Attack;
 use multimix_recipes::run::RunDir;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -21,16 +23,95 @@ pub struct EvalArgs {
     /// Comma-separated OOD sets (default: the run's, mnist and gaussian).
     #[arg(long, value_delimiter = ',')]
     ood: Option<Vec<String>>,
-    /// FGSM ε in [0, 1] pixel units, e.g. 0.0314 (8/255).
-    #[arg(long)]
-    fgsm_eps: Option<f64>,
+    /// Comma-separated attacks of the robustness curves: fgsm, pgd (default: fgsm).
+    #[arg(long, value_delimiter = ',')]
+    attack: Option<Vec<String>>,
+    /// Comma-separated ε of the robustness curves in [0, 1] pixel units, as decimals or
+    /// fractions, e.g. 1/255,2/255,4/255,8/255 (default: the FGSM ε only).
+    #[arg(long, value_delimiter = ',', allow_negative_numbers = true)]
+    eps: Option<Vec<String>>,
+    /// Comma-separated OOD detectors: msp, maxlogit, energy, odin, mahalanobis, knn
+    /// (default: msp, maxlogit, energy; mahalanobis and knn need the data's training split).
+    #[arg(long, value_delimiter = ',')]
+    detectors: Option<Vec<String>>,
+    /// ε of the headline FGSM number, in [0, 1] pixel units, e.g. 8/255 (default: the run's).
+    #[arg(long, allow_negative_numbers = true)]
+    fgsm_eps: Option<String>,
     /// Device: cpu, cuda, cuda:N.
     #[arg(long, default_value = "cpu")]
     device: String,
 }
 
+/// Parse an ε given as a decimal (`0.0314`) or a fraction (`8/255`), in [0, 1].
+pub fn parse_eps(text: &str) -> Result<f64> {
+    let t = text.trim();
+    let value = match t.split_once('/') {
+        Some((a, b)) => {
+            let (a, b): (f64, f64) = (a.trim().parse()?, b.trim().parse()?);
+            if b == 0.0 {
+                bail!("division by zero");
+            }
+            a / b
+        }
+        None => t.parse()?,
+    };
+    if !(0.0..=1.0).contains(&value) {
+        bail!("{value} is outside [0, 1] (ε is in pixel units of images in [0, 1], e.g. 8/255)");
+    }
+    Ok(value)
+}
+
+fn parse_list<T>(
+    flag: &str,
+    items: &[String],
+    parse: impl Fn(&str) -> Result<T>,
+) -> Result<Vec<T>> {
+    items
+        .iter()
+        .map(|s| parse(s).with_context(|| format!("--{flag} `{s}`")))
+        .collect()
+}
+
+/// What the flags ask for, parsed and checked before anything is loaded.
+struct Requested {
+    fgsm_eps: Option<f64>,
+    attacks: Option<Vec<Attack>>,
+    eps: Option<Vec<f64>>,
+    detectors: Option<Vec<Detector>>,
+}
+
+fn parse_flags(args: &EvalArgs) -> Result<Requested> {
+    let fgsm_eps = match &args.fgsm_eps {
+        Some(v) => Some(parse_eps(v).with_context(|| format!("--fgsm-eps `{v}`"))?),
+        None => None,
+    };
+    let attacks = match &args.attack {
+        Some(v) => Some(parse_list("attack", v, |s| {
+            s.parse::<Attack>().map_err(anyhow::Error::msg)
+        })?),
+        None => None,
+    };
+    let eps = match &args.eps {
+        Some(v) => Some(parse_list("eps", v, parse_eps)?),
+        None => None,
+    };
+    let detectors = match &args.detectors {
+        Some(v) => Some(parse_list("detectors", v, |s| {
+            s.parse::<Detector>().map_err(anyhow::Error::msg)
+        })?),
+        None => None,
+    };
+    Ok(Requested {
+        fgsm_eps,
+        attacks,
+        eps,
+        detectors,
+    })
+}
+
 /// Evaluate the run and rewrite its report.
 pub fn run(args: EvalArgs) -> Result<()> {
+    let requested = parse_flags(&args)?;
     let device = super::device(&args.device)?;
     let run = RunDir::open(&args.checkpoint)?;
     let mut cfg = run.read_config()?;
@@ -40,18 +121,39 @@ pub fn run(args: EvalArgs) -> Result<()> {
     if let Some(v) = args.ood {
         cfg.eval.ood = v;
     }
-    if let Some(v) = args.fgsm_eps {
+    if let Some(v) = requested.fgsm_eps {
         cfg.eval.fgsm_eps = v;
     }
+    let mut opts = default_options(&cfg.eval);
+    opts.seed = cfg.seed;
+    if let Some(v) = requested.attacks {
+        opts.attacks = v;
+    }
+    if let Some(v) = requested.eps {
+        opts.eps = v;
+    }
+    if let Some(v) = requested.detectors {
+        opts.detectors = v;
+    }
+    opts.validate()?;
     let model = load_model(run.path(), &device)?;
     let spec: DataSpec = cfg.data.spec.parse()?;
     let arch = &model.config().arch;
-    let test = spec.load()?.test;
-    let test = Arc::new(
-        conform(test, (arch.in_chans(), arch.img_size(), arch.img_size()))
-            .with_context(|| format!("test data `{spec}`"))?,
-    );
-    let report = evaluate_model(&model, &cfg.eval, &test, &device)?;
+    let shape = (arch.in_chans(), arch.img_size(), arch.img_size());
+    let splits = spec.load()?;
+    let test =
+        Arc::new(conform(splits.test, shape).with_context(|| format!("test data `{spec}`"))?);
+    let train = if opts.detectors.iter().any(|d| d.needs_training_features()) {
+        let Some(train) = splits.train else {
+            bail!("--detectors mahalanobis and knn are fit on training features, but `{spec}` has no training split (use --data with one, e.g. fashion-mnist-mini)");
+        };
+        Some(Arc::new(
+            conform(train, shape).with_context(|| format!("training data `{spec}`"))?,
+        ))
+    } else {
+        None
+    };
+    let report = evaluate_model_with(&model, &cfg.eval, &test, train.as_ref(), &opts, &device)?;
     write_report(&run, &report)?;
     println!("{}", report.to_json()?);
     Ok(())

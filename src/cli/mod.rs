@@ -1,6 +1,7 @@
 //! Command-line parsing and the subcommands.
 
 mod eval;
+mod ood_metrics;
 mod train;
 
 use anyhow::{bail, Result};
@@ -23,6 +24,9 @@ enum Command {
     Train(Box<train::TrainArgs>),
     /// Evaluate a saved run and rewrite its report.
     Eval(eval::EvalArgs),
+    /// OOD-detection metrics (AUROC, AUPR-In/Out, FPR@95 in both conventions, detection error)
+    /// of two files of scores, one per line, higher = more in-distribution.
+    OodMetrics(ood_metrics::OodMetricsArgs),
 }
 
 /// Parse the command line and run the subcommand.
@@ -30,6 +34,7 @@ pub fn run() -> Result<()> {
     match Cli::parse().command {
         Command::Train(args) => train::run(*args),
         Command::Eval(args) => eval::run(args),
+        Command::OodMetrics(args) => ood_metrics::run(args),
     }
 }
 

@@ -8,9 +8,12 @@
 //! * the bin edges are torch's `float32` `torch.linspace(0, 1, n_bins + 1)` ([`bin_boundaries`]);
 //! * a confidence `c` falls in bin `b` when `edge[b] <= c < edge[b + 1]`
 //!   (`torch.bucketize(c, edges, right=True) - 1`): a confidence exactly on an inner edge goes to
-//!   the bin above it, and a confidence of exactly 1.0 goes to an extra bin `[1, 1]`, the
-//!   `(n_bins + 1)`-th, which torchmetrics keeps too. Saturated `f32` softmax outputs are exactly
-//!   1.0, so this bin matters for over-confident models;
+//!   the bin above it, and a confidence of exactly 1.0 goes to an extra bucket `[1, 1]`, the
+//!   `(n_bins + 1)`-th of torchmetrics' `_binning_bucketize` (it allocates
+//!   `len(bin_boundaries)` buckets). Saturated `f32` softmax outputs are exactly 1.0, so this
+//!   bucket matters for over-confident models. [`Calibration`] keeps it apart from the
+//!   `n_bins` bins of the reliability diagram ([`Calibration::saturated`]), and the ECE sums
+//!   over both, as torchmetrics does;
 //! * ECE = Σ_b (|B_b| / N) · |acc(B_b) − conf(B_b)|, MCE = max_b |acc(B_b) − conf(B_b)|, an empty
 //!   bin having accuracy and confidence 0 (torch's `nan_to_num`).
 //!
@@ -46,9 +49,11 @@ pub struct Calibration {
     pub nll: f64,
     /// Multiclass Brier score, mean of Σ_c (p_c − y_c)², in [0, 2].
     pub brier: f64,
-    /// Reliability diagram: the `n_bins` equal-width bins, then the bin `[1, 1]` of
-    /// confidences exactly 1.0 (see the module documentation).
+    /// Reliability diagram: the `n_bins` equal-width bins `[lower, upper)`.
     pub bins: Vec<ReliabilityBin>,
+    /// torchmetrics' extra bucket `[1, 1]` of confidences exactly 1.0 (see the module
+    /// documentation); it counts in the ECE and the MCE like a bin.
+    pub saturated: ReliabilityBin,
 }
 
 /// One bin of a reliability diagram.
@@ -56,7 +61,7 @@ pub struct Calibration {
 pub struct ReliabilityBin {
     /// Lower edge (inclusive).
     pub lower: f64,
-    /// Upper edge (exclusive; the last bin is `[1, 1]`).
+    /// Upper edge (exclusive; inclusive for the saturated bucket `[1, 1]`).
     pub upper: f64,
     /// Number of samples whose confidence falls in the bin.
     pub count: usize,
@@ -173,7 +178,7 @@ fn summarize(
         brier_sum += brier_row(row, y as usize);
     }
     let n = labels.len() as f64;
-    let bins: Vec<ReliabilityBin> = (0..=n_bins)
+    let mut bins: Vec<ReliabilityBin> = (0..=n_bins)
         .map(|b| {
             let lower = f64::from(edges[b.min(n_bins)]);
             let upper = f64::from(edges[(b + 1).min(n_bins)]);
@@ -194,6 +199,13 @@ fn summarize(
     let gap = |bin: &ReliabilityBin| (bin.accuracy - bin.confidence).abs();
     let ece = bins.iter().map(|b| gap(b) * (b.count as f64 / n)).sum();
     let mce = bins.iter().map(gap).fold(0.0, f64::max);
+    let saturated = bins.pop().unwrap_or(ReliabilityBin {
+        lower: 1.0,
+        upper: 1.0,
+        count: 0,
+        accuracy: 0.0,
+        confidence: 0.0,
+    });
     Calibration {
         accuracy: correct.iter().sum::<usize>() as f64 / n,
         ece,
@@ -201,6 +213,7 @@ fn summarize(
         nll,
         brier: brier_sum / n,
         bins,
+        saturated,
     }
 }
 

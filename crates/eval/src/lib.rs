@@ -5,10 +5,14 @@
 
 pub mod attacks;
 pub mod calibration;
+pub mod detectors;
+pub mod geometry;
+mod linalg;
 pub mod ood_metrics;
+pub mod plot;
 pub mod report;
 pub mod suite;
 
 pub use ood_metrics::MetricError;
 pub use report::Report;
-pub use suite::{evaluate, EvalError, EvalOptions};
+pub use suite::{evaluate, Attack, EvalError, EvalOptions};

@@ -80,6 +80,22 @@ pub enum MetricError {
         /// The row sum (in `f64`).
         sum: f64,
     },
+    /// A class has no training sample (a class mean is undefined).
+    #[error("class {class} has no training sample: every class needs one")]
+    EmptyClass {
+        /// The class.
+        class: usize,
+    },
+    /// Fewer samples than a method needs.
+    #[error("{what}: {got} given, at least {need} needed")]
+    TooFewSamples {
+        /// Which input.
+        what: &'static str,
+        /// The number needed.
+        need: usize,
+        /// The number given.
+        got: usize,
+    },
     /// A size parameter is zero.
     #[error("{what} must be at least 1")]
     ZeroSize {

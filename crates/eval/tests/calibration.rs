@@ -72,12 +72,11 @@ fn check_case(case: &Value, got: &Calibration) {
     let bin_conf = f64s(&case["bin_confidence"]);
     let edges = f64s(&case["boundaries"]);
     let n_bins = case["n_bins"].as_u64().expect("n_bins") as usize;
-    assert_eq!(
-        got.bins.len(),
-        n_bins + 1,
-        "{name}: torchmetrics has n_bins + 1 buckets"
-    );
-    for (b, bin) in got.bins.iter().enumerate() {
+    assert_eq!(got.bins.len(), n_bins, "{name}: n_bins bins");
+    // torchmetrics has n_bins + 1 buckets, the last one [1, 1]
+    assert_eq!(counts.len(), n_bins + 1);
+    let buckets = got.bins.iter().chain(std::iter::once(&got.saturated));
+    for (b, bin) in buckets.enumerate() {
         assert_eq!(bin.count, counts[b], "{name}: count of bin {b}");
         assert!(
             close(bin.accuracy, bin_acc[b], TOL),
@@ -160,7 +159,13 @@ fn edge_cases_put_confidences_on_boundaries_and_at_one() {
     // Confidences of exactly 1.0 fill the extra bucket [1, 1].
     assert!(counts[15].as_u64().expect("count") >= 5);
     let got = calibration(&f32s(&edges15["probs"]), &labels(edges15), 3, 15).expect("calibration");
-    assert_eq!((got.bins[15].lower, got.bins[15].upper), (1.0, 1.0));
+    assert_eq!((got.saturated.lower, got.saturated.upper), (1.0, 1.0));
+    assert_eq!(
+        got.saturated.count as u64,
+        counts[15].as_u64().expect("count")
+    );
+    assert_eq!(got.bins.len(), 15);
+    assert_eq!(got.bins[14].upper, 1.0);
 }
 
 #[test]
