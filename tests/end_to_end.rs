@@ -9,7 +9,8 @@ use multimix::evaluation::evaluate_model;
 use multimix_backbones::Ctx;
 use multimix_recipes::progress::Silent;
 use multimix_recipes::run::{
-    RunDir, CHECKPOINT_FILE, CONFIG_FILE, METRICS_FILE, MODEL_FILE, REPORT_JSON, REPORT_MD,
+    RunDir, CHECKPOINT_FILE, CONFIG_FILE, CURVES_PNG, METRICS_FILE, MODEL_FILE, REPORT_JSON,
+    REPORT_MD,
 };
 use multimix_recipes::train::{TrainControl, Trainer};
 use multimix_recipes::TrainConfig;
@@ -25,7 +26,13 @@ fn train_save_reload_eval_reproduces_the_model() {
     let outcome = trainer
         .run(&run, false, &TrainControl::default(), &mut Silent)
         .unwrap();
-    for file in [CONFIG_FILE, MODEL_FILE, CHECKPOINT_FILE, METRICS_FILE] {
+    for file in [
+        CONFIG_FILE,
+        MODEL_FILE,
+        CHECKPOINT_FILE,
+        METRICS_FILE,
+        CURVES_PNG,
+    ] {
         assert!(run_path.join(file).is_file(), "{file} missing");
     }
     assert_eq!(

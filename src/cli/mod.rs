@@ -1,6 +1,7 @@
 //! Command-line parsing and the subcommands.
 
 mod eval;
+mod mixviz;
 mod ood_metrics;
 mod train;
 
@@ -27,6 +28,9 @@ enum Command {
     /// OOD-detection metrics (AUROC, AUPR-In/Out, FPR@95 in both conventions, detection error)
     /// of two files of scores, one per line, higher = more in-distribution.
     OodMetrics(ood_metrics::OodMetricsArgs),
+    /// Write a PNG grid of a batch mixed by mixup and CutMix, and (with --checkpoint) of the
+    /// attention maps that weight dense MultiMix.
+    Mixviz(mixviz::MixvizArgs),
 }
 
 /// Parse the command line and run the subcommand.
@@ -35,6 +39,7 @@ pub fn run() -> Result<()> {
         Command::Train(args) => train::run(*args),
         Command::Eval(args) => eval::run(args),
         Command::OodMetrics(args) => ood_metrics::run(args),
+        Command::Mixviz(args) => mixviz::run(args),
     }
 }
 

@@ -28,6 +28,8 @@ use embedded_graphics::text::{Alignment, Baseline, Text, TextStyleBuilder};
 use std::convert::Infallible;
 use std::path::Path;
 
+pub mod grid;
+
 /// An RGB color.
 pub type Color = [u8; 3];
 
@@ -289,17 +291,7 @@ impl Figure {
 
     /// The figure encoded as PNG.
     pub fn to_png(&self) -> Result<Vec<u8>, PlotError> {
-        let pixels = self.render()?;
-        let mut bytes = Vec::new();
-        {
-            let mut encoder = png::Encoder::new(&mut bytes, self.width, self.height);
-            encoder.set_color(png::ColorType::Rgb);
-            encoder.set_depth(png::BitDepth::Eight);
-            let mut writer = encoder.write_header()?;
-            writer.write_image_data(&pixels)?;
-            writer.finish()?;
-        }
-        Ok(bytes)
+        encode_rgb(self.width, self.height, &self.render()?)
     }
 
     /// Write the PNG to `path` atomically (a temporary file in the same directory, then a
@@ -772,6 +764,20 @@ impl DrawTarget for Rotated<'_> {
         }
         Ok(())
     }
+}
+
+/// RGB pixels (row-major, 3 bytes a pixel) encoded as an 8-bit PNG.
+fn encode_rgb(width: u32, height: u32, pixels: &[u8]) -> Result<Vec<u8>, PlotError> {
+    let mut bytes = Vec::new();
+    {
+        let mut encoder = png::Encoder::new(&mut bytes, width, height);
+        encoder.set_color(png::ColorType::Rgb);
+        encoder.set_depth(png::BitDepth::Eight);
+        let mut writer = encoder.write_header()?;
+        writer.write_image_data(pixels)?;
+        writer.finish()?;
+    }
+    Ok(bytes)
 }
 
 /// Write `bytes` to `path` through a temporary file in the same directory and a rename.

@@ -4,6 +4,7 @@
 
 use crate::config::TrainConfig;
 use crate::error::{io_error, RecipeError, Result};
+use multimix_eval::plot::{Figure, Legend};
 use multimix_hub::checkpoint::write_atomic;
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
@@ -45,6 +46,8 @@ pub const METRICS_FILE: &str = "metrics.jsonl";
 pub const REPORT_JSON: &str = "report.json";
 /// The evaluation report, for people.
 pub const REPORT_MD: &str = "report.md";
+/// Training loss, test accuracy and learning rate per epoch, plotted.
+pub const CURVES_PNG: &str = "training_curves.png";
 
 impl RunDir {
     /// A new run directory at `path`: created if absent; an existing one must be empty, so that
@@ -129,6 +132,38 @@ impl RunDir {
             text.push('\n');
         }
         self.write(METRICS_FILE, text.as_bytes())
+    }
+
+    /// Write `training_curves.png`: train loss and learning rate (each divided by its maximum,
+    /// named in the legend) and test accuracy, per epoch.
+    pub fn write_curves(&self, metrics: &[EpochMetrics]) -> Result<()> {
+        let series = |f: fn(&EpochMetrics) -> f64| -> (Vec<(f64, f64)>, f64) {
+            let max = metrics.iter().map(f).fold(f64::MIN_POSITIVE, f64::max);
+            let points = metrics
+                .iter()
+                .map(|m| (m.epoch as f64, f(m) / max))
+                .collect();
+            (points, max)
+        };
+        let (loss, loss_max) = series(|m| m.train_loss);
+        let (lr, lr_max) = series(|m| m.lr);
+        let accuracy = metrics
+            .iter()
+            .map(|m| (m.epoch as f64, m.test_accuracy))
+            .collect();
+        let last = metrics.last().map_or(1, |m| m.epoch).max(2) as f64;
+        let figure = Figure::new("training curves")
+            .labels("epoch", "value")
+            .x_range(1.0, last)
+            .y_range(0.0, 1.0)
+            .line(format!("train loss / {loss_max:.3}"), loss)
+            .line("test accuracy", accuracy)
+            .line(format!("lr / {lr_max:.2e}"), lr)
+            .legend(Legend::LowerLeft);
+        let png = figure
+            .to_png()
+            .map_err(|e| RecipeError::Config(format!("plotting {CURVES_PNG}: {e}")))?;
+        self.write(CURVES_PNG, &png)
     }
 
     /// Write a file of the run atomically.

@@ -562,6 +562,7 @@ impl Trainer {
                 run, model, teacher, opt, &self.rng, epoch, step, &metrics, None,
             )?;
             run.write_metrics(&metrics)?;
+            run.write_curves(&metrics)?;
             if control.stop_after_epochs.is_some_and(|k| epoch >= k) {
                 break;
             }
