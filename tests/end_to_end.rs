@@ -25,7 +25,13 @@ fn train_save_reload_eval_reproduces_the_model() {
     let outcome = trainer
         .run(&run, false, &TrainControl::default(), &mut Silent)
         .unwrap();
-    for file in [CONFIG_FILE, MODEL_FILE, CHECKPOINT_FILE, METRICS_FILE] {
+    for file in [
+        CONFIG_FILE,
+        MODEL_FILE,
+        CHECKPOINT_FILE,
+        METRICS_FILE,
+        "config.json",
+    ] {
         assert!(run_path.join(file).is_file(), "{file} missing");
     }
     assert_eq!(

@@ -1,7 +1,9 @@
 //! Command-line parsing and the subcommands.
 
 mod eval;
+mod hub;
 mod train;
+mod zoo;
 
 use anyhow::{bail, Result};
 use candle_core::Device;
@@ -23,6 +25,10 @@ enum Command {
     Train(train::TrainArgs),
     /// Evaluate a saved run and rewrite its report.
     Eval(eval::EvalArgs),
+    /// Download checkpoints from and push runs to a Hugging Face hub.
+    Hub(hub::HubArgs),
+    /// The model zoo: pretrained checkpoints by name.
+    Zoo(zoo::ZooArgs),
 }
 
 /// Parse the command line and run the subcommand.
@@ -30,6 +36,8 @@ pub fn run() -> Result<()> {
     match Cli::parse().command {
         Command::Train(args) => train::run(args),
         Command::Eval(args) => eval::run(args),
+        Command::Hub(args) => hub::run(args),
+        Command::Zoo(args) => zoo::run(args),
     }
 }
 
