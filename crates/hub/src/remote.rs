@@ -61,7 +61,7 @@ pub struct HubOptions {
     /// The download cache (`HF_HUB_CACHE`, else `$HF_HOME/hub`, else
     /// `$XDG_CACHE_HOME/huggingface/hub`, else `~/.cache/huggingface/hub`).
     pub cache_dir: PathBuf,
-    /// Access token (`HF_TOKEN`, else the file `$HF_HOME/token`).
+    /// Access token (`HF_TOKEN`, else the file `HF_TOKEN_PATH`, else `$HF_HOME/token`).
     pub token: Option<Token>,
     /// Serve from the cache only, never touch the network (`HF_HUB_OFFLINE=1`).
     pub offline: bool,
@@ -91,10 +91,12 @@ impl HubOptions {
             .map(PathBuf::from)
             .or_else(|| hf_home.as_ref().map(|h| h.join("hub")))
             .unwrap_or_else(|| PathBuf::from(".cache/huggingface/hub"));
-        let token = var("HF_TOKEN").and_then(|t| Token::new(&t)).or_else(|| {
-            let file = hf_home.as_ref()?.join("token");
-            Token::new(&std::fs::read_to_string(file).ok()?)
-        });
+        let token_file = var("HF_TOKEN_PATH")
+            .map(PathBuf::from)
+            .or_else(|| hf_home.as_ref().map(|h| h.join("token")));
+        let token = var("HF_TOKEN")
+            .and_then(|t| Token::new(&t))
+            .or_else(|| Token::new(&std::fs::read_to_string(token_file?).ok()?));
         let offline = var("HF_HUB_OFFLINE")
             .is_some_and(|v| TRUE_VALUES.contains(&v.trim().to_ascii_lowercase().as_str()));
         Self {
@@ -710,6 +712,13 @@ mod tests {
         std::fs::write(dir.path().join("token"), "hf_file\n").unwrap();
         let o = HubOptions::from_vars(vars(&[("HF_HOME", dir.path().to_str().unwrap())]));
         assert_eq!(o.token, Token::new("hf_file"));
+        let other = dir.path().join("other");
+        std::fs::write(&other, "hf_other").unwrap();
+        let o = HubOptions::from_vars(vars(&[
+            ("HF_HOME", dir.path().to_str().unwrap()),
+            ("HF_TOKEN_PATH", other.to_str().unwrap()),
+        ]));
+        assert_eq!(o.token, Token::new("hf_other"));
     }
 
     #[test]
