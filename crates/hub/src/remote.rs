@@ -262,6 +262,19 @@ pub enum HubError {
         /// What did not match.
         reason: String,
     },
+    /// The connection broke while a file was being received; nothing of it was kept.
+    #[error(
+        "{repo}: the transfer of {file} was cut ({source}); nothing was kept in the cache, retry"
+    )]
+    Interrupted {
+        /// The repository.
+        repo: RepoId,
+        /// The file or files.
+        file: String,
+        /// hf-hub's error.
+        #[source]
+        source: Box<HFError>,
+    },
     /// A file's sha256 differs from the one expected (a zoo card's).
     #[error("{repo}: {file} has sha256 {actual}, expected {expected}")]
     ChecksumMismatch {
@@ -494,6 +507,13 @@ impl Hub {
                     endpoint: self.endpoint().to_string(),
                 }
             }
+            HFError::Request { ref source, .. } if source.is_body() || source.is_decode() => {
+                HubError::Interrupted {
+                    repo: repo.clone(),
+                    file: file.to_string(),
+                    source: Box::new(err),
+                }
+            }
             other => self.classify_upload(other, repo, &format!("downloading {file}")),
         }
     }
@@ -547,6 +567,10 @@ impl Hub {
     }
 
     /// Remove the partial downloads a failed call left (not those that were there before it).
+    ///
+    /// A download of the same repository by another process during the call would lose its
+    /// partial file too; hf-hub then fails its rename and that download reports an error, so no
+    /// broken file results.
     fn remove_new_incomplete(&self, repo: &RepoId, before: &BTreeSet<PathBuf>) {
         for path in self.incomplete_blobs(repo).difference(before) {
             // A file that cannot be removed is ignored: hf-hub never serves `.incomplete` files.

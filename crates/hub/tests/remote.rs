@@ -212,6 +212,11 @@ fn cut_or_failed_transfers_leave_the_cache_clean() {
         let err = client.download_checkpoint(&repo(), "main").unwrap_err();
         let msg = err.to_string();
         assert_eq!(matches!(err, HubError::Corrupt { .. }), corrupt, "{msg}");
+        assert_eq!(
+            matches!(err, HubError::Interrupted { .. }),
+            !corrupt,
+            "{msg}"
+        );
         assert!(
             msg.contains(REPO) && msg.contains("model.safetensors"),
             "{msg}"
