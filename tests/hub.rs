@@ -397,3 +397,32 @@ fn zoo_list_and_download_from_the_command_line() {
         "{line}"
     );
 }
+
+#[test]
+fn timm_config_of_a_run_rebuilds_the_same_model() {
+    for args in [
+        serde_json::json!({"embed_dim": 16, "depth": 1, "num_heads": 2}),
+        serde_json::json!({}),
+    ] {
+        let config =
+            ModelConfig::from_preset("vit_mini_patch7_28", args.as_object().unwrap()).unwrap();
+        let timm = multimix_recipes::train::timm_config(&config);
+        assert_eq!(timm.pretrained_cfg.input_size, [1, 28, 28]);
+        let back = multimix::checkpoint::model_config_from_timm(&timm).unwrap();
+        assert_eq!(back, config);
+    }
+    let mut timm = multimix_recipes::train::timm_config(
+        &ModelConfig::from_preset("vit_tiny_patch16_224", &serde_json::Map::new()).unwrap(),
+    );
+    timm.model_args
+        .insert("img_size".into(), serde_json::json!([224, 160]));
+    let err = multimix::checkpoint::model_config_from_timm(&timm).unwrap_err();
+    assert!(err.to_string().contains("square"), "{err}");
+    timm.model_args.insert("img_size".into(), 224.into());
+    timm.model_args.insert("no_such_arg".into(), 1.into());
+    let err = format!(
+        "{:#}",
+        multimix::checkpoint::model_config_from_timm(&timm).unwrap_err()
+    );
+    assert!(err.contains("no_such_arg"), "{err}");
+}
