@@ -84,7 +84,7 @@ struct PushArgs {
     run_dir: PathBuf,
     /// Repository, `owner/name`.
     repo: String,
-    /// Create the repository private.
+    /// Make the repository private (when this push creates it).
     #[arg(long)]
     private: bool,
     /// Commit message.

@@ -167,6 +167,12 @@ impl ZooEntry {
         if raw.name.trim().is_empty() || raw.name.contains(char::is_whitespace) {
             return Err(invalid(format!("name `{}` must be one word", raw.name)));
         }
+        if raw.file.contains(['*', '?', '[', ']', '{', '}', '\\']) {
+            return Err(invalid(format!(
+                "file `{}`: a file name, not a pattern",
+                raw.file
+            )));
+        }
         if !raw.file.ends_with(".safetensors") {
             return Err(invalid(format!(
                 "file `{}`: only .safetensors weights are read",
@@ -381,6 +387,13 @@ top1 = 91.5
     fn bad_cards_are_named() {
         let err = ZooEntry::parse(&CARD.replace("me/tiny", "me tiny"), "x.toml").unwrap_err();
         assert!(err.to_string().contains("x.toml"), "{err}");
+        let err = ZooEntry::parse(
+            &CARD.replace("model.safetensors", "*.safetensors"),
+            "x.toml",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("not a pattern"), "{err}");
         let err = ZooEntry::parse(&CARD.replace("model.safetensors", "m.bin"), "x.toml")
             .unwrap_err()
             .to_string();
