@@ -578,8 +578,8 @@ impl Hub {
         }
     }
 
-    /// Check a file just transferred against the size the hub announced and, for LFS files
-    /// (whose `ETag` is their sha256), against that hash; remove it from the cache if it fails.
+    /// Check a file just transferred: an LFS file (whose `ETag` is its sha256) against that
+    /// hash, another against the size the hub announced; remove it from the cache if it fails.
     fn verify(
         &self,
         repo: &RepoId,
@@ -601,14 +601,15 @@ impl Hub {
             .and_then(|n| n.to_str())
             .unwrap_or_default()
             .to_string();
-        let reason = if record.total_bytes > 0 && size != record.total_bytes {
+        // An LFS file's ETag is its sha256, which settles it; other files have their size.
+        let reason = if is_sha256(&etag) {
+            let actual = sha256_file(&blob)?;
+            (actual != etag).then(|| format!("sha256 {actual}, the hub announced {etag}"))
+        } else if record.total_bytes > 0 && size != record.total_bytes {
             Some(format!(
                 "{size} bytes received, the hub announced {}",
                 record.total_bytes
             ))
-        } else if is_sha256(&etag) {
-            let actual = sha256_file(&blob)?;
-            (actual != etag).then(|| format!("sha256 {actual}, the hub announced {etag}"))
         } else {
             None
         };

@@ -238,7 +238,22 @@ fn cut_or_failed_transfers_leave_the_cache_clean() {
         .download_file(&repo(), "main", "model.safetensors")
         .unwrap_err();
     assert!(matches!(err, HubError::Corrupt { .. }), "{err}");
+    assert!(err.to_string().contains("sha256"), "{err}");
     assert!(!cached_files(cache.path()).contains(&weights_blob));
+    // A file that is not in LFS (no sha256 ETag) is checked by its size.
+    hub.fail("README.md");
+    let err = client
+        .download_file(&repo(), "main", "README.md")
+        .unwrap_err();
+    assert!(matches!(err, HubError::Corrupt { .. }), "{err}");
+    assert!(
+        err.to_string()
+            .contains("14 bytes received, the hub announced 6"),
+        "{err}"
+    );
+    assert!(!cached_files(cache.path())
+        .iter()
+        .any(|f| f.contains("README.md")));
     hub.heal();
 
     let dir = client.download_checkpoint(&repo(), "main").unwrap();
