@@ -65,7 +65,8 @@ impl CheckpointSource {
         )
     }
 
-    /// The local directory or file of the checkpoint, downloading it first when it is remote.
+    /// The local directory or weights file of the checkpoint, downloading it first when it is
+    /// remote (a zoo entry gives its weights file, whose `config.json` is beside it).
     pub fn fetch(&self, options: HubOptions) -> Result<PathBuf> {
         match self {
             Self::Local(path) => Ok(path.clone()),
@@ -74,7 +75,8 @@ impl CheckpointSource {
             }
             Self::Zoo(name) => {
                 let zoo = Zoo::builtin()?;
-                Ok(zoo.entry(name)?.download(&Hub::new(options)?)?)
+                let entry = zoo.entry(name)?;
+                Ok(entry.download(&Hub::new(options)?)?.join(&entry.file))
             }
         }
     }
