@@ -35,6 +35,7 @@ fn train_save_reload_eval_reproduces_the_model() {
     ] {
         assert!(run_path.join(file).is_file(), "{file} missing");
     }
+    assert!(run_path.join("config.json").is_file(), "no config.json");
     assert_eq!(
         outcome.metrics.len(),
         1,

@@ -1,9 +1,11 @@
 //! Command-line parsing and the subcommands.
 
 mod eval;
+mod hub;
 mod mixviz;
 mod ood_metrics;
 mod train;
+mod zoo;
 
 use anyhow::{bail, Result};
 use candle_core::Device;
@@ -31,6 +33,10 @@ enum Command {
     /// Write a PNG grid of a batch mixed by mixup and CutMix, and (with --checkpoint) of the
     /// attention maps that weight dense MultiMix.
     Mixviz(mixviz::MixvizArgs),
+    /// Download checkpoints from and push runs to a Hugging Face hub.
+    Hub(hub::HubArgs),
+    /// The model zoo: pretrained checkpoints by name.
+    Zoo(zoo::ZooArgs),
 }
 
 /// Parse the command line and run the subcommand.
@@ -40,6 +46,8 @@ pub fn run() -> Result<()> {
         Command::Eval(args) => eval::run(args),
         Command::OodMetrics(args) => ood_metrics::run(args),
         Command::Mixviz(args) => mixviz::run(args),
+        Command::Hub(args) => hub::run(args),
+        Command::Zoo(args) => zoo::run(args),
     }
 }
 

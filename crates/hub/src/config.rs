@@ -19,6 +19,9 @@ use serde_json::{Map, Value};
 
 use crate::checkpoint::{write_atomic, CheckpointError};
 
+/// The file name of the config in a repository or run directory.
+pub const TIMM_CONFIG_FILE: &str = "config.json";
+
 /// Fields a config must hold (non-null); dotted names are inside `pretrained_cfg`.
 const REQUIRED: [&str; 6] = [
     "architecture",
@@ -145,6 +148,39 @@ pub struct TimmConfig {
 }
 
 impl TimmConfig {
+    /// The config of a model of this project: its architecture, head size, the arguments that
+    /// rebuild it (`model_args`) and its input (`[C, H, W]`, per-channel mean and std).
+    pub fn new(
+        architecture: &str,
+        num_classes: usize,
+        model_args: Map<String, Value>,
+        input_size: [usize; 3],
+        mean: Vec<f64>,
+        std: Vec<f64>,
+    ) -> Self {
+        Self {
+            architecture: architecture.to_string(),
+            num_classes,
+            num_features: None,
+            global_pool: None,
+            label_names: None,
+            model_args,
+            pretrained_cfg: PretrainedCfg {
+                input_size: input_size.to_vec(),
+                mean,
+                std,
+                interpolation: None,
+                crop_pct: None,
+                num_classes: Some(num_classes),
+                first_conv: None,
+                classifier: None,
+                license: None,
+                extra: Map::new(),
+            },
+            extra: Map::new(),
+        }
+    }
+
     /// Reads and checks a `config.json`; errors name the file and the field.
     pub fn read(path: &Path) -> Result<Self, CheckpointError> {
         let bytes = std::fs::read(path).map_err(|source| CheckpointError::io(path, source))?;

@@ -181,3 +181,26 @@ fn wrong_types_and_values_are_refused() {
     let err = TimmConfig::read(&path.with_file_name("absent.json")).unwrap_err();
     assert!(matches!(err, CheckpointError::Io { .. }) && err.to_string().contains("absent.json"));
 }
+
+#[test]
+fn new_config_has_timm_layout_and_reads_back() {
+    let args = json!({"patch_size": 7, "embed_dim": 96, "img_size": 28, "in_chans": 1});
+    let config = TimmConfig::new(
+        "vit_mini_patch7_28",
+        10,
+        args.as_object().unwrap().clone(),
+        [1, 28, 28],
+        vec![0.5],
+        vec![0.5],
+    );
+    let path = scratch("new_config").join("config.json");
+    config.write(&path).unwrap();
+    let written = json_of(&path);
+    assert_eq!(written["architecture"], "vit_mini_patch7_28");
+    assert_eq!(written["num_classes"], 10);
+    assert_eq!(written["model_args"], args);
+    assert_eq!(written["pretrained_cfg"]["input_size"], json!([1, 28, 28]));
+    assert_eq!(written["pretrained_cfg"]["mean"], json!([0.5]));
+    assert_eq!(written["pretrained_cfg"]["num_classes"], 10);
+    assert_eq!(TimmConfig::read(&path).unwrap(), config);
+}

@@ -13,10 +13,11 @@ use crate::progress::Progress;
 use crate::run::{EpochMetrics, RngState, RunDir, CHECKPOINT_FILE, MODEL_FILE};
 use crate::schedule::LrSchedule;
 use candle_core::{Device, Tensor};
-use multimix_backbones::{Model, ModelConfig};
+use multimix_backbones::{Model, ModelConfig, RawModelConfig};
 use multimix_data::{conform, Augment, Batches, DataSpec, Dataset, LoaderConfig};
 use multimix_eval::suite::{logits, top1};
 use multimix_hub::checkpoint::{load_safetensors, save_safetensors};
+use multimix_hub::config::{TimmConfig, TIMM_CONFIG_FILE};
 use rand::{RngCore, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
@@ -265,7 +266,23 @@ fn save_checkpoint(
     save_safetensors(&run.file(CHECKPOINT_FILE), &all, &meta)?;
     let model_meta = BTreeMap::from([(META_MODEL_CONFIG.to_string(), config_json)]);
     save_safetensors(&run.file(MODEL_FILE), &weights, &model_meta)?;
+    timm_config(model.config()).write(&run.file(TIMM_CONFIG_FILE))?;
     Ok(())
+}
+
+/// timm's `config.json` for a model configuration: the run directory is then a hub repository
+/// that timm-style loaders read (architecture, `model_args`, input size and normalization).
+pub fn timm_config(config: &ModelConfig) -> TimmConfig {
+    let raw = RawModelConfig::from(config.clone());
+    let (c, size) = (config.arch.in_chans(), config.arch.img_size());
+    TimmConfig::new(
+        &config.architecture,
+        config.num_classes(),
+        raw.args,
+        [c, size, size],
+        config.mean.clone(),
+        config.std.clone(),
+    )
 }
 
 mod erased {
