@@ -18,6 +18,8 @@
 //!     .legend(Legend::UpperRight);
 //! fig.save_png("acc.png".as_ref()).unwrap();
 //! ```
+//!
+//! [`image_grid_png`] / [`save_image_grid`] tile images (e.g. mixed samples) into one PNG.
 
 use embedded_graphics::mono_font::ascii::{FONT_6X10, FONT_7X13, FONT_7X13_BOLD};
 use embedded_graphics::mono_font::{MonoFont, MonoTextStyle};
@@ -72,6 +74,9 @@ pub enum PlotError {
     /// PNG encoding failed.
     #[error("encoding PNG: {0}")]
     Encode(#[from] png::EncodingError),
+    /// Images of an image grid do not match their shape.
+    #[error("image grid: {0}")]
+    InvalidImages(String),
     /// Writing the file failed.
     #[error("writing {path}: {source}")]
     Io {
@@ -774,6 +779,74 @@ impl DrawTarget for Rotated<'_> {
     }
 }
 
+/// A grid of images for visual checks (e.g. mixed samples): `images` is `N × C × H × W`
+/// row-major in [0, 1] (clamped), `C` = 1 (gray) or 3 (RGB), `columns` images per row, each
+/// pixel drawn as a `scale × scale` block, 2 white pixels between images. Returns PNG bytes.
+pub fn image_grid_png(
+    images: &[f32],
+    (c, h, w): (usize, usize, usize),
+    columns: usize,
+    scale: usize,
+) -> Result<Vec<u8>, PlotError> {
+    let per = c * h * w;
+    if !(c == 1 || c == 3) || per == 0 || columns == 0 || scale == 0 {
+        return Err(PlotError::InvalidImages(format!(
+            "need 1 or 3 channels, non-empty images, columns and scale >= 1 (got C={c}, H={h}, W={w}, columns={columns}, scale={scale})"
+        )));
+    }
+    if images.is_empty() || !images.len().is_multiple_of(per) {
+        return Err(PlotError::InvalidImages(format!(
+            "{} values are not a whole number of {c}x{h}x{w} images",
+            images.len()
+        )));
+    }
+    let n = images.len() / per;
+    let rows = n.div_ceil(columns);
+    let cols = columns.min(n);
+    let gap = 2;
+    let (cell_w, cell_h) = (w * scale + gap, h * scale + gap);
+    let (width, height) = (cols * cell_w + gap, rows * cell_h + gap);
+    let mut pixels = vec![255u8; width * height * 3];
+    for (index, image) in images.chunks_exact(per).enumerate() {
+        let (x0, y0) = (
+            gap + (index % columns) * cell_w,
+            gap + (index / columns) * cell_h,
+        );
+        for y in 0..h * scale {
+            for x in 0..w * scale {
+                let (sy, sx) = (y / scale, x / scale);
+                let o = ((y0 + y) * width + x0 + x) * 3;
+                for k in 0..3 {
+                    let channel = if c == 1 { 0 } else { k };
+                    let v = image[channel * h * w + sy * w + sx].clamp(0.0, 1.0);
+                    pixels[o + k] = (v * 255.0).round() as u8;
+                }
+            }
+        }
+    }
+    let mut bytes = Vec::new();
+    {
+        let mut encoder = png::Encoder::new(&mut bytes, width as u32, height as u32);
+        encoder.set_color(png::ColorType::Rgb);
+        encoder.set_depth(png::BitDepth::Eight);
+        let mut writer = encoder.write_header()?;
+        writer.write_image_data(&pixels)?;
+        writer.finish()?;
+    }
+    Ok(bytes)
+}
+
+/// [`image_grid_png`] written to `path` atomically.
+pub fn save_image_grid(
+    path: &Path,
+    images: &[f32],
+    shape: (usize, usize, usize),
+    columns: usize,
+    scale: usize,
+) -> Result<(), PlotError> {
+    write_atomic(path, &image_grid_png(images, shape, columns, scale)?)
+}
+
 /// Write `bytes` to `path` through a temporary file in the same directory and a rename.
 fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), PlotError> {
     use std::io::Write;
@@ -817,6 +890,21 @@ mod tests {
         assert_eq!(t.first(), Some(&0.0));
         assert_eq!(t.last(), Some(&40.0));
         assert_eq!(tick_label(-0.0, (-1.0, 1.0)), "0.0");
+    }
+
+    #[test]
+    fn image_grids_place_images_row_by_row() {
+        // three 1x2x2 gray images, two per row, pixels doubled
+        let images = [0.0, 1.0, 1.0, 0.0, 0.5, 0.5, 0.5, 0.5, 1.0, 1.0, 1.0, 1.0];
+        let png = image_grid_png(&images, (1, 2, 2), 2, 2).unwrap();
+        let width = u32::from_be_bytes(png[16..20].try_into().unwrap());
+        let height = u32::from_be_bytes(png[20..24].try_into().unwrap());
+        assert_eq!((width, height), (2 * (4 + 2) + 2, 2 * (4 + 2) + 2));
+        assert!(matches!(
+            image_grid_png(&images[..5], (1, 2, 2), 2, 2),
+            Err(PlotError::InvalidImages(_))
+        ));
+        assert!(image_grid_png(&images, (2, 2, 1), 2, 1).is_err());
     }
 
     #[test]
