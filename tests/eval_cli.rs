@@ -87,6 +87,10 @@ fn opt_in_attacks_and_detectors_write_the_report_and_plots() {
     }
     assert!(report["ood"]["gaussian"].get("energy").is_none());
     assert!(report["robustness"]["fgsm"][0]["accuracy"].is_number());
+    assert_eq!(
+        report["robustness"]["fgsm"][0]["eps"].as_f64(),
+        Some(8.0 / 255.0)
+    );
     assert!(report["geometry"]["alignment"].is_number());
     for png in [
         "reliability.png",
