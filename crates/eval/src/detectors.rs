@@ -64,18 +64,6 @@ impl Detector {
     pub fn needs_training_features(self) -> bool {
         matches!(self, Detector::Mahalanobis | Detector::Knn)
     }
-
-    /// The score, in words, for reports.
-    pub fn convention(self) -> &'static str {
-        match self {
-            Detector::Msp => "max softmax probability (Hendrycks & Gimpel 2017)",
-            Detector::MaxLogit => "max logit (Hendrycks et al. 2022)",
-            Detector::Energy => "T * logsumexp(logits / T), T = 1 (Liu et al. 2020)",
-            Detector::Odin => "max softmax(f(x') / T), x' = x - eps * sign(grad_x CE(argmax, f(x) / T)), T = 1000, eps = 0.0014 in [0, 1] pixel units, no clamp (Liang et al. 2018; pytorch-ood / OpenOOD)",
-            Detector::Mahalanobis => "-min_c (z - mu_c)^T pinv(S) (z - mu_c), z the pooled penultimate features, class means mu_c and one shared covariance S fit on the training set, no input pre-processing (Lee et al. 2018; OpenOOD MDS)",
-            Detector::Knn => "-(Euclidean distance to the 50th nearest training feature), features L2-normalized (Sun et al. 2022; OpenOOD KNN uses the squared distance, same ranking)",
-        }
-    }
 }
 
 impl fmt::Display for Detector {
