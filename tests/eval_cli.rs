@@ -1,14 +1,10 @@
 //! `multimix eval`'s flags: bad values exit nonzero with one clear line before anything is
 //! loaded; good ones run the opt-in attacks and detectors and write the plots.
 
-use std::process::{Command, Output};
+mod common;
 
-fn multimix(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_multimix"))
-        .args(args)
-        .output()
-        .expect("the multimix binary runs")
-}
+use common::multimix;
+use std::process::Output;
 
 fn one_error_line(out: &Output) -> String {
     assert!(!out.status.success(), "expected a failure");
@@ -43,4 +39,68 @@ fn bad_flags_are_named_on_one_line() {
     }
     // Nothing was written into the directory.
     assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+}
+
+#[test]
+fn opt_in_attacks_and_detectors_write_the_report_and_plots() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("tiny.toml");
+    std::fs::write(&config, common::TINY_CONFIG).unwrap();
+    let run = dir.path().join("run");
+    let run_s = run.to_str().unwrap();
+    let train = multimix(&[
+        "train",
+        "--config",
+        config.to_str().unwrap(),
+        "--max-steps",
+        "1",
+        "--out",
+        run_s,
+    ]);
+    assert!(
+        train.status.success(),
+        "{}",
+        String::from_utf8_lossy(&train.stderr)
+    );
+    let out = multimix(&[
+        "eval",
+        "--checkpoint",
+        run_s,
+        "--ood",
+        "gaussian",
+        "--attack",
+        "fgsm",
+        "--eps",
+        "8/255",
+        "--detectors",
+        "mahalanobis,knn",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(run.join("report.json")).unwrap()).unwrap();
+    for d in ["msp", "mahalanobis", "knn"] {
+        assert!(report["ood"]["gaussian"][d]["auroc"].is_number(), "{d}");
+    }
+    assert!(report["ood"]["gaussian"].get("energy").is_none());
+    assert!(report["robustness"]["fgsm"][0]["accuracy"].is_number());
+    assert_eq!(
+        report["robustness"]["fgsm"][0]["eps"].as_f64(),
+        Some(8.0 / 255.0)
+    );
+    assert!(report["geometry"]["alignment"].is_number());
+    for png in [
+        "reliability.png",
+        "robustness.png",
+        "roc_gaussian.png",
+        "embedding.png",
+    ] {
+        assert!(run.join(png).is_file(), "{png}");
+    }
+    // The printed JSON is the report.
+    let printed: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(printed, report);
 }

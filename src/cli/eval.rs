@@ -31,7 +31,8 @@ pub struct EvalArgs {
     #[arg(long, value_delimiter = ',', allow_negative_numbers = true)]
     eps: Option<Vec<String>>,
     /// Comma-separated OOD detectors: msp, maxlogit, energy, odin, mahalanobis, knn
-    /// (default: msp, maxlogit, energy; mahalanobis and knn need the data's training split).
+    /// (default: msp, maxlogit, energy; msp always runs; mahalanobis and knn need the data's
+    /// training split).
     #[arg(long, value_delimiter = ',')]
     detectors: Option<Vec<String>>,
     /// ε of the headline FGSM number, in [0, 1] pixel units, e.g. 8/255 (default: the run's).

@@ -64,18 +64,6 @@ impl Detector {
     pub fn needs_training_features(self) -> bool {
         matches!(self, Detector::Mahalanobis | Detector::Knn)
     }
-
-    /// The score, in words, for reports.
-    pub fn convention(self) -> &'static str {
-        match self {
-            Detector::Msp => "max softmax probability (Hendrycks & Gimpel 2017)",
-            Detector::MaxLogit => "max logit (Hendrycks et al. 2022)",
-            Detector::Energy => "T * logsumexp(logits / T), T = 1 (Liu et al. 2020)",
-            Detector::Odin => "max softmax(f(x') / T), x' = x - eps * sign(grad_x CE(argmax, f(x) / T)), T = 1000, eps = 0.0014 in [0, 1] pixel units, no clamp (Liang et al. 2018; pytorch-ood / OpenOOD)",
-            Detector::Mahalanobis => "-min_c (z - mu_c)^T pinv(S) (z - mu_c), z the pooled penultimate features, class means mu_c and one shared covariance S fit on the training set, no input pre-processing (Lee et al. 2018; OpenOOD MDS)",
-            Detector::Knn => "-(Euclidean distance to the 50th nearest training feature), features L2-normalized (Sun et al. 2022; OpenOOD KNN uses the squared distance, same ranking)",
-        }
-    }
 }
 
 impl fmt::Display for Detector {
@@ -333,19 +321,110 @@ impl Knn {
 
     /// Scores: minus the Euclidean distance from each normalized row of `features` to its k-th
     /// nearest normalized training feature.
+    ///
+    /// Exact (`f64`) distances, found fast: an `f32` matrix product gives every squared
+    /// distance to within `err ≤ 2 (dim + 2) u` (u = 2⁻²⁴, unit vectors), the points within
+    /// `2 · err` of the approximate k-th distance are candidates (the true k nearest are among
+    /// them), and the k-th of their exact distances is the score.
     pub fn score(&self, features: &[f32]) -> Result<Vec<f32>, MetricError> {
         validate_features(features, self.dim, "features")?;
-        let queries = l2_normalize(features, self.dim);
-        let mut distances = vec![0.0f64; self.bank.len() / self.dim];
-        Ok(queries
-            .chunks_exact(self.dim)
-            .map(|q| {
-                for (d, b) in distances.iter_mut().zip(self.bank.chunks_exact(self.dim)) {
-                    *d = q.iter().zip(b).map(|(x, y)| (x - y) * (x - y)).sum();
+        let d = self.dim;
+        let n = self.bank.len() / d;
+        let queries = l2_normalize(features, d);
+        let squared_norms = |x: &[f64]| -> Vec<f64> {
+            x.chunks_exact(d)
+                .map(|r| r.iter().map(|v| v * v).sum())
+                .collect()
+        };
+        let bank_sq = squared_norms(&self.bank);
+        let bank32: Vec<f32> = self.bank.iter().map(|&v| v as f32).collect();
+        let tensor_error = |e: candle_core::Error| MetricError::Tensor {
+            message: e.to_string(),
+        };
+        let bank_t = Tensor::from_vec(bank32, (n, d), &candle_core::Device::Cpu)
+            .and_then(|t| t.t())
+            .map_err(tensor_error)?;
+        let margin = 8.0 * (d as f64 + 2.0) * f64::from(f32::EPSILON);
+        let mut scores = Vec::with_capacity(queries.len() / d);
+        let mut approx = vec![0.0f64; n];
+        for block in queries.chunks(KNN_BLOCK * d) {
+            let m = block.len() / d;
+            let q32: Vec<f32> = block.iter().map(|&v| v as f32).collect();
+            let dots = Tensor::from_vec(q32, (m, d), &candle_core::Device::Cpu)
+                .and_then(|q| q.matmul(&bank_t))
+                .and_then(|s| s.flatten_all())
+                .and_then(|s| s.to_vec1::<f32>())
+                .map_err(tensor_error)?;
+            for ((q, q_sq), row) in block
+                .chunks_exact(d)
+                .zip(squared_norms(block))
+                .zip(dots.chunks_exact(n))
+            {
+                for ((a, &b_sq), &dot) in approx.iter_mut().zip(&bank_sq).zip(row) {
+                    *a = q_sq + b_sq - 2.0 * f64::from(dot);
                 }
-                let (_, kth, _) = distances.select_nth_unstable_by(self.k - 1, f64::total_cmp);
-                (-kth.sqrt()) as f32
+                let mut sorted = approx.clone();
+                let (_, &mut kth, _) = sorted.select_nth_unstable_by(self.k - 1, f64::total_cmp);
+                let mut exact: Vec<f64> = approx
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, &a)| a <= kth + margin)
+                    .map(|(j, _)| {
+                        let b = &self.bank[j * d..(j + 1) * d];
+                        q.iter().zip(b).map(|(x, y)| (x - y) * (x - y)).sum()
+                    })
+                    .collect();
+                let (_, &mut kth_exact, _) =
+                    exact.select_nth_unstable_by(self.k - 1, f64::total_cmp);
+                scores.push((-kth_exact.sqrt()) as f32);
+            }
+        }
+        Ok(scores)
+    }
+}
+
+/// Queries per matrix product in [`Knn::score`].
+const KNN_BLOCK: usize = 256;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::{Rng, SeedableRng};
+
+    /// The k-th exact distance by brute force.
+    fn brute_force(bank: &[f64], q: &[f64], dim: usize, k: usize) -> f32 {
+        let mut d: Vec<f64> = bank
+            .chunks_exact(dim)
+            .map(|b| q.iter().zip(b).map(|(x, y)| (x - y) * (x - y)).sum())
+            .collect();
+        d.sort_by(f64::total_cmp);
+        (-d[k - 1].sqrt()) as f32
+    }
+
+    #[test]
+    fn knn_candidates_hold_the_exact_kth_neighbour_among_near_ties() {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(5);
+        let dim = 16;
+        let base: Vec<f32> = (0..40 * dim).map(|_| rng.random_range(-1.0..1.0)).collect();
+        // 400 training points: 10 near-copies (1e-6 apart) of each of 40 points
+        let train: Vec<f32> = (0..10)
+            .flat_map(|_| {
+                base.iter()
+                    .map(|v| v + rng.random_range(-1e-6..1e-6))
+                    .collect::<Vec<_>>()
             })
-            .collect())
+            .collect();
+        let queries: Vec<f32> = base
+            .iter()
+            .map(|v| v + rng.random_range(-1e-3..1e-3))
+            .collect();
+        for k in [1, 7, 10, 11, 50] {
+            let knn = Knn::fit(&train, dim, k).unwrap();
+            let got = knn.score(&queries).unwrap();
+            let normalized = l2_normalize(&queries, dim);
+            for (q, g) in normalized.chunks_exact(dim).zip(&got) {
+                assert_eq!(*g, brute_force(&knn.bank, q, dim, k), "k = {k}");
+            }
+        }
     }
 }

@@ -3,6 +3,8 @@
 //! The conventions are those of `METHOD.md` §5 (torchattacks, OpenOOD, scikit-learn,
 //! torchmetrics); every report states them.
 
+#![warn(missing_docs)]
+
 pub mod attacks;
 pub mod calibration;
 pub mod detectors;

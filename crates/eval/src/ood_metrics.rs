@@ -96,6 +96,12 @@ pub enum MetricError {
         /// The number given.
         got: usize,
     },
+    /// A tensor operation inside a metric failed.
+    #[error("tensor operation failed: {message}")]
+    Tensor {
+        /// The cause.
+        message: String,
+    },
     /// A size parameter is zero.
     #[error("{what} must be at least 1")]
     ZeroSize {

@@ -18,6 +18,8 @@
 //!     .legend(Legend::UpperRight);
 //! fig.save_png("acc.png".as_ref()).unwrap();
 //! ```
+//!
+//! [`grid::ImageGrid`] tiles captioned images (e.g. mixed samples) into one PNG.
 
 use embedded_graphics::mono_font::ascii::{FONT_6X10, FONT_7X13, FONT_7X13_BOLD};
 use embedded_graphics::mono_font::{MonoFont, MonoTextStyle};
@@ -74,6 +76,9 @@ pub enum PlotError {
     /// PNG encoding failed.
     #[error("encoding PNG: {0}")]
     Encode(#[from] png::EncodingError),
+    /// Images of an image grid do not match their shape.
+    #[error("image grid: {0}")]
+    InvalidImages(String),
     /// Writing the file failed.
     #[error("writing {path}: {source}")]
     Io {

@@ -297,7 +297,24 @@ impl Report {
         .x_range(0.0, 1.0)
         .y_range(0.0, 1.0)
         .legend(Legend::UpperLeft)
-        .bars("accuracy per bin", centers(|b| b.accuracy), width)
+        // The gap first, so that where accuracy exceeds confidence the bar covers it (the
+        // confidence dots still mark it).
+        .series(Series {
+            name: "gap to mean confidence".into(),
+            points: centers(|b| b.confidence),
+            bottoms: centers(|b| b.accuracy).into_iter().map(|p| p.1).collect(),
+            mark: Mark::Bars { width },
+            color: Some(PALETTE[3]),
+            opacity: 0.3,
+        })
+        .series(Series {
+            name: "accuracy per bin".into(),
+            points: centers(|b| b.accuracy),
+            bottoms: Vec::new(),
+            mark: Mark::Bars { width },
+            color: Some(PALETTE[0]),
+            opacity: 1.0,
+        })
         .series(Series {
             name: "mean confidence per bin".into(),
             points: centers(|b| b.confidence),

@@ -198,11 +198,6 @@ pub fn outputs(
     Ok(out)
 }
 
-/// Maximum softmax probability of each row of `logits` `[N, C]` (higher = more in-distribution).
-pub fn msp_scores(logits: &[f32], num_classes: usize) -> Vec<f32> {
-    detectors::msp(logits, num_classes)
-}
-
 /// Top-1 accuracy of `logits` `[N, C]` against `labels` (ties to the lowest index).
 pub fn top1(logits: &[f32], labels: &[u32], num_classes: usize) -> f64 {
     let correct = logits

@@ -131,8 +131,21 @@ impl ImageGrid {
         (w.max(60), h)
     }
 
-    /// The grid's size and RGB pixels.
-    pub fn render(&self) -> (u32, u32, Vec<u8>) {
+    /// The grid's size and RGB pixels; a tile whose pixels do not fill its size is an error.
+    pub fn render(&self) -> Result<(u32, u32, Vec<u8>), PlotError> {
+        let tiles = self.rows.iter().flat_map(|(_, t)| t);
+        if let Some(t) = tiles
+            .clone()
+            .find(|t| t.rgb.len() != t.width * t.height * 3)
+        {
+            return Err(PlotError::InvalidImages(format!(
+                "tile `{}` has {} bytes for {}x{} RGB pixels",
+                t.caption,
+                t.rgb.len(),
+                t.width,
+                t.height
+            )));
+        }
         let (cw, ch) = self.cell();
         let cols = self.rows.iter().map(|(_, t)| t.len()).max().unwrap_or(0);
         let width = LABEL_W + cols * (cw + MARGIN) + MARGIN;
@@ -180,12 +193,71 @@ impl ImageGrid {
                 );
             }
         }
-        (width as u32, height as u32, canvas.pixels)
+        Ok((width as u32, height as u32, canvas.pixels))
     }
 
     /// Write the grid as a PNG, atomically.
     pub fn save_png(&self, path: &Path) -> Result<(), PlotError> {
-        let (w, h, pixels) = self.render();
+        let (w, h, pixels) = self.render()?;
         write_atomic(path, &encode_rgb(w, h, &pixels)?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tiles_are_placed_scaled_in_their_rows() {
+        let white = Tile::image(&[1.0; 4], (1, 2, 2), "w");
+        let red = Tile {
+            width: 1,
+            height: 1,
+            rgb: vec![255, 0, 0],
+            caption: "r".into(),
+        };
+        let grid = ImageGrid::new("t", 3)
+            .row("a", vec![white.clone(), white])
+            .row("b", vec![red]);
+        let (w, h, px) = grid.render().unwrap();
+        assert_eq!(
+            w as usize,
+            LABEL_W + 2 * (60 + MARGIN) + MARGIN,
+            "cells are at least 60 wide"
+        );
+        assert_eq!(h as usize, TITLE_H + 2 * (6 + CAPTION_H + MARGIN) + MARGIN);
+        // The red 1x1 tile, scaled 3x, fills 3x3 pixels at the first cell of row 2.
+        let top = TITLE_H + 6 + CAPTION_H + MARGIN;
+        for (y, x) in [(top, LABEL_W), (top + 2, LABEL_W + 2)] {
+            let o = (y * w as usize + x) * 3;
+            assert_eq!(&px[o..o + 3], &[255, 0, 0]);
+        }
+        let o = ((top + 3) * w as usize + LABEL_W) * 3;
+        assert_ne!(&px[o..o + 3], &[255, 0, 0], "not beyond the scaled tile");
+        let broken = ImageGrid::new("t", 1).row(
+            "a",
+            vec![Tile {
+                rgb: vec![0; 5],
+                ..Tile::image(&[0.0], (1, 1, 1), "x")
+            }],
+        );
+        assert!(matches!(broken.render(), Err(PlotError::InvalidImages(_))));
+    }
+
+    #[test]
+    fn attention_maps_cover_their_patches() {
+        // A 2x2 grid of positions on a 4x4 image: the hot position colors its 2x2 patch.
+        let tile = Tile::attention(
+            &[0.0; 16],
+            (1, 4, 4),
+            &[0.0, 0.0, 0.0, 1.0],
+            (2, 2),
+            1.0,
+            "a",
+        );
+        let px = |y: usize, x: usize| tile.rgb[(y * 4 + x) * 3..][..3].to_vec();
+        assert_eq!(px(3, 3), vec![253, 231, 37], "viridis(1)");
+        assert_eq!(px(2, 2), vec![253, 231, 37]);
+        assert_eq!(px(0, 0), vec![68, 1, 84], "viridis(0)");
     }
 }
