@@ -109,7 +109,7 @@ pub fn parse_records(
         return Err(bad("empty file: no CIFAR record".into()));
     }
     let whole = bytes.len() / record;
-    if bytes.len() % record != 0 {
+    if !bytes.len().is_multiple_of(record) {
         return Err(bad(format!(
             "truncated: the record at byte offset {} has {} of its {record} bytes \
              ({whole} whole records before it); the file is cut or not a CIFAR-{} binary file",
@@ -162,7 +162,12 @@ fn read_names(path: &Path, count: usize) -> Result<Option<Vec<String>>> {
 }
 
 /// Read the records of `files` into one data set.
-fn read_split(kind: CifarKind, files: &[PathBuf], name: String, classes: &[String]) -> Result<Dataset> {
+fn read_split(
+    kind: CifarKind,
+    files: &[PathBuf],
+    name: String,
+    classes: &[String],
+) -> Result<Dataset> {
     let mut images = Vec::new();
     let mut labels = Vec::new();
     for path in files {
@@ -208,11 +213,12 @@ fn release_dir(kind: CifarKind, dir: &Path) -> Result<PathBuf> {
 /// CIFAR-10's names, or the label numbers for CIFAR-100).
 pub fn load_cifar(kind: CifarKind, dir: &Path, name: &str) -> Result<Splits> {
     let root = release_dir(kind, dir)?;
-    let classes = read_names(&root.join(kind.names_file()), kind.num_classes())?
-        .unwrap_or_else(|| match kind {
+    let classes = read_names(&root.join(kind.names_file()), kind.num_classes())?.unwrap_or_else(
+        || match kind {
             CifarKind::Cifar10 => CIFAR10_CLASSES.iter().map(|s| s.to_string()).collect(),
             CifarKind::Cifar100 => (0..100).map(|c| c.to_string()).collect(),
-        });
+        },
+    );
     let train_files: Vec<PathBuf> = kind
         .train_files()
         .iter()
@@ -268,10 +274,19 @@ mod tests {
         let mut bytes = [record(kind, 1, 0), record(kind, 2, 0)].concat();
         bytes.truncate(3073 + 100);
         let (mut img, mut lab) = (Vec::new(), Vec::new());
-        let err = parse_records(kind, &bytes, Path::new("data_batch_1.bin"), &mut img, &mut lab)
-            .unwrap_err()
-            .to_string();
-        assert!(err.contains("data_batch_1.bin") && err.contains("byte offset 3073"), "{err}");
+        let err = parse_records(
+            kind,
+            &bytes,
+            Path::new("data_batch_1.bin"),
+            &mut img,
+            &mut lab,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("data_batch_1.bin") && err.contains("byte offset 3073"),
+            "{err}"
+        );
         let bytes = [record(kind, 1, 0), record(kind, 10, 0)].concat();
         let err = parse_records(kind, &bytes, Path::new("x.bin"), &mut img, &mut lab)
             .unwrap_err()

@@ -80,7 +80,11 @@ pub fn resize_bilinear(
     (c, h, w): (usize, usize, usize),
     (out_h, out_w): (usize, usize),
 ) -> Vec<u8> {
-    assert_eq!(src.len(), c * h * w, "image buffer does not match its shape");
+    assert_eq!(
+        src.len(),
+        c * h * w,
+        "image buffer does not match its shape"
+    );
     if (out_h, out_w) == (h, w) {
         return src.to_vec();
     }
@@ -169,7 +173,10 @@ mod tests {
     #[test]
     fn constant_image_stays_constant_and_identity_is_a_copy() {
         let img = vec![77u8; 3 * 9 * 5];
-        assert_eq!(resize_bilinear(&img, (3, 9, 5), (4, 11)), vec![77u8; 3 * 44]);
+        assert_eq!(
+            resize_bilinear(&img, (3, 9, 5), (4, 11)),
+            vec![77u8; 3 * 44]
+        );
         let ramp: Vec<u8> = (0..30).collect();
         assert_eq!(resize_bilinear(&ramp, (1, 5, 6), (5, 6)), ramp);
     }

@@ -18,7 +18,9 @@ fn dims(v: &Value) -> Vec<usize> {
 
 /// The case's input as `C × H × W`: the PNG, one channel of it if asked, cropped if asked.
 fn input(case: &Value) -> (Vec<u8>, (usize, usize, usize)) {
-    let path = Path::new(FIXTURES).join("foolbox").join(case["input"].as_str().unwrap());
+    let path = Path::new(FIXTURES)
+        .join("foolbox")
+        .join(case["input"].as_str().unwrap());
     let rgb = image::open(&path).unwrap().to_rgb8();
     let (h, w) = (rgb.height() as usize, rgb.width() as usize);
     let raw = rgb.into_raw();
@@ -46,9 +48,10 @@ fn input(case: &Value) -> (Vec<u8>, (usize, usize, usize)) {
 
 #[test]
 fn transforms_match_torchvision_and_pil_exactly() {
-    let doc: Value =
-        serde_json::from_str(&std::fs::read_to_string(Path::new(FIXTURES).join("transforms.json")).unwrap())
-            .unwrap();
+    let doc: Value = serde_json::from_str(
+        &std::fs::read_to_string(Path::new(FIXTURES).join("transforms.json")).unwrap(),
+    )
+    .unwrap();
     let cases = doc["cases"].as_array().unwrap();
     assert_eq!(cases.len(), 10);
     for case in cases {
