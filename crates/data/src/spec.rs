@@ -62,7 +62,7 @@ pub enum DataSpec {
 const FORMS: &str = "fashion-mnist-mini, mnist-mini, fashion-mnist, idx:DIR, cifar10:DIR, \
                      cifar100:DIR, folder:DIR, folder:DIR@HxW, gaussian, uniform";
 
-/// Split `folder:` arguments into the folder and an optional `@HxW` size suffix.
+/// Parse a `folder:` argument: the folder, then an optional `@HxW` size suffix.
 fn folder_spec(arg: &str) -> Option<DataSpec> {
     let size = arg.rsplit_once('@').and_then(|(dir, hw)| {
         let (h, w) = hw.split_once('x')?;
