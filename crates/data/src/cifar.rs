@@ -111,8 +111,8 @@ pub fn parse_records(
     let whole = bytes.len() / record;
     if !bytes.len().is_multiple_of(record) {
         return Err(bad(format!(
-            "truncated: the record at byte offset {} has {} of its {record} bytes \
-             ({whole} whole records before it); the file is cut or not a CIFAR-{} binary file",
+            "truncated: the record at byte offset {} has only {} of its {record} bytes; the \
+             file is cut short or not a CIFAR-{} binary file",
             whole * record,
             bytes.len() % record,
             kind.num_classes()
