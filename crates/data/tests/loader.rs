@@ -151,3 +151,14 @@ fn workers_share_the_data_set_and_stop_when_dropped() {
     drop(batches); // the workers are blocked on full queues: dropping must not hang
     assert_eq!(Arc::strong_count(&ds), 1);
 }
+
+#[test]
+#[should_panic(expected = "range")]
+fn a_worker_panic_reaches_the_consumer() {
+    // Inconsistent public fields (more labels than images) make the worker panic; the epoch
+    // must not silently end early.
+    let mut ds = (*toy()).clone();
+    ds.labels.extend([0; 10]);
+    let cfg = LoaderConfig::eval(100);
+    let _ = Batches::new(Arc::new(ds), cfg, 0).count();
+}

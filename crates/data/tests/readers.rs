@@ -404,3 +404,26 @@ fn conform_converts_gray_28_to_rgb_32() {
     let err = conform(back, (2, 32, 32)).unwrap_err().to_string();
     assert!(err.contains("1 and 3 channels"), "{err}");
 }
+
+#[test]
+fn ood_sets_take_the_shape_of_the_in_distribution_set() {
+    let like = Dataset::new(
+        "like",
+        vec![0; 3 * 32 * 32],
+        vec![0],
+        (3, 32, 32),
+        1,
+        vec!["x".into()],
+    )
+    .unwrap();
+    let ood = DataSpec::MnistMini.load_ood(&like, 5, 0).unwrap();
+    assert_eq!(
+        (ood.channels, ood.height, ood.width, ood.len()),
+        (3, 32, 32, 2000)
+    );
+    let noise = DataSpec::Uniform.load_ood(&like, 5, 0).unwrap();
+    assert_eq!(
+        (noise.channels, noise.height, noise.width, noise.len()),
+        (3, 32, 32, 5)
+    );
+}
