@@ -1,9 +1,11 @@
-//! Batch loading: a deterministic order from a seed, light augmentation, and a thread that
-//! prepares the next batches while the model trains.
+//! Batch loading: a deterministic order from a seed, light augmentation, and worker threads that
+//! prepare the next batches while the model trains.
 //!
 //! The shuffle and each batch's augmentation draw from generators derived from one seed (the
 //! caller draws it from the run's RNG at the start of an epoch), so the batches are the same
-//! whatever the timing of the threads.
+//! whatever the number and timing of the threads: worker `w` of `N` prepares batches
+//! `w, w + N, …` into its own queue and the batches are taken from the queues in turn. The
+//! workers share the data set (`Arc`); only the batches in flight are extra memory.
 
 use crate::dataset::Dataset;
 use rand::seq::SliceRandom;
@@ -47,8 +49,10 @@ pub struct LoaderConfig {
     pub drop_last: bool,
     /// Augmentation applied to each image.
     pub augment: Augment,
-    /// Batches prepared ahead of the consumer.
+    /// Batches prepared ahead of the consumer (at least one per worker).
     pub prefetch: usize,
+    /// Threads preparing batches (at least 1); the batches do not depend on it.
+    pub workers: usize,
     /// Also make a second, independently augmented view of every batch.
     pub two_views: bool,
 }
@@ -62,6 +66,7 @@ impl LoaderConfig {
             drop_last: true,
             augment,
             prefetch: 2,
+            workers: 1,
             two_views: false,
         }
     }
@@ -74,6 +79,7 @@ impl LoaderConfig {
             drop_last: false,
             augment: Augment::default(),
             prefetch: 2,
+            workers: 1,
             two_views: false,
         }
     }
@@ -148,38 +154,53 @@ pub fn make_batch(ds: &Dataset, indices: &[usize], augment: Augment, rng: &mut i
     }
 }
 
-/// An epoch of batches, prepared on a background thread.
+/// Batch `k` of an epoch: its images in `order`, augmented from its own stream of `seed`.
+fn epoch_batch(ds: &Dataset, order: &[usize], k: usize, cfg: &LoaderConfig, seed: u64) -> Batch {
+    let b = cfg.batch_size.max(1);
+    let indices = &order[k * b..((k + 1) * b).min(order.len())];
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    rng.set_stream(k as u64 + 1);
+    let mut batch = make_batch(ds, indices, cfg.augment, &mut rng);
+    if cfg.two_views {
+        batch.second_view = Some(make_batch(ds, indices, cfg.augment, &mut rng).images);
+    }
+    batch
+}
+
+/// An epoch of batches, prepared on worker threads.
 pub struct Batches {
-    rx: Receiver<Batch>,
-    worker: Option<JoinHandle<()>>,
-    remaining: usize,
+    queues: Vec<Receiver<Batch>>,
+    workers: Vec<Option<JoinHandle<()>>>,
+    next: usize,
+    count: usize,
 }
 
 impl Batches {
     /// Start an epoch over `ds` with order and augmentation drawn from `seed`.
     pub fn new(ds: Arc<Dataset>, cfg: LoaderConfig, seed: u64) -> Self {
-        let order = epoch_order(ds.len(), cfg.shuffle, seed);
+        let order = Arc::new(epoch_order(ds.len(), cfg.shuffle, seed));
         let count = cfg.batches_per_epoch(ds.len());
-        let (tx, rx) = sync_channel(cfg.prefetch.max(1));
-        let worker = std::thread::spawn(move || {
-            for (k, indices) in order.chunks(cfg.batch_size.max(1)).take(count).enumerate() {
-                // Batch k augments with its own stream of the epoch's generator.
-                let mut rng = ChaCha8Rng::seed_from_u64(seed);
-                rng.set_stream(k as u64 + 1);
-                let mut batch = make_batch(&ds, indices, cfg.augment, &mut rng);
-                if cfg.two_views {
-                    batch.second_view =
-                        Some(make_batch(&ds, indices, cfg.augment, &mut rng).images);
-                }
-                if tx.send(batch).is_err() {
-                    return; // the consumer stopped early
-                }
-            }
-        });
+        let n = cfg.workers.clamp(1, count.max(1));
+        let depth = cfg.prefetch.div_ceil(n).max(1);
+        let (queues, workers) = (0..n)
+            .map(|w| {
+                let (tx, rx) = sync_channel(depth);
+                let (ds, order) = (Arc::clone(&ds), Arc::clone(&order));
+                let worker = std::thread::spawn(move || {
+                    for k in (w..count).step_by(n) {
+                        if tx.send(epoch_batch(&ds, &order, k, &cfg, seed)).is_err() {
+                            return; // the consumer stopped early
+                        }
+                    }
+                });
+                (rx, Some(worker))
+            })
+            .unzip();
         Self {
-            rx,
-            worker: Some(worker),
-            remaining: count,
+            queues,
+            workers,
+            next: 0,
+            count,
         }
     }
 }
@@ -187,15 +208,26 @@ impl Batches {
 impl Iterator for Batches {
     type Item = Batch;
     fn next(&mut self) -> Option<Batch> {
-        if self.remaining == 0 {
+        if self.next == self.count {
             return None;
         }
-        self.remaining -= 1;
-        self.rx.recv().ok()
+        let w = self.next % self.queues.len();
+        self.next += 1;
+        match self.queues[w].recv() {
+            Ok(batch) => Some(batch),
+            Err(_) => {
+                // The worker ended without its batch: it panicked; pass the panic on.
+                if let Some(Err(panic)) = self.workers[w].take().map(JoinHandle::join) {
+                    std::panic::resume_unwind(panic);
+                }
+                unreachable!("a loader worker stopped before its last batch without panicking")
+            }
+        }
     }
 
     fn size_hint(&self) -> (usize, Option<usize>) {
-        (self.remaining, Some(self.remaining))
+        let left = self.count - self.next;
+        (left, Some(left))
     }
 }
 
@@ -203,10 +235,9 @@ impl ExactSizeIterator for Batches {}
 
 impl Drop for Batches {
     fn drop(&mut self) {
-        // Unblock the worker (its sends fail once the receiver is gone), then join it.
-        let (_, dead) = sync_channel(1);
-        self.rx = dead;
-        if let Some(w) = self.worker.take() {
+        // Unblock the workers (their sends fail once the queues are gone), then join them.
+        self.queues.clear();
+        for w in self.workers.iter_mut().filter_map(Option::take) {
             let _ = w.join();
         }
     }

@@ -1,8 +1,11 @@
 //! Data specs as written on the command line, and loading them.
 
+use crate::cifar::{load_cifar, CifarKind};
 use crate::dataset::Dataset;
 use crate::error::{DataError, Result};
+use crate::folder::load_folder;
 use crate::idx::{find_idx, idx_dataset, parse_idx, read_idx};
+use crate::transform::{convert_image, converts_channels};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use rand_distr::{Distribution, Normal};
@@ -38,17 +41,53 @@ pub enum DataSpec {
     FashionMnist,
     /// A folder of IDX files `{train,t10k}-{images-idx3,labels-idx1}-ubyte[.gz]`.
     Idx(PathBuf),
+    /// The CIFAR-10 binary release (`data_batch_{1..5}.bin`, `test_batch.bin`) in a folder.
+    Cifar10(PathBuf),
+    /// The CIFAR-100 binary release (`train.bin`, `test.bin`; fine labels) in a folder.
+    Cifar100(PathBuf),
+    /// An image folder, one subfolder per class (optionally under `train/` and `test/` or
+    /// `val/`), PNG or JPEG, every image resized to `size` (height, width) when given.
+    Folder {
+        /// The folder.
+        dir: PathBuf,
+        /// The size to resize every image to (`folder:DIR@HxW`).
+        size: Option<(usize, usize)>,
+    },
     /// Gaussian noise images, pixels i.i.d. `N(0.5, 1)` clipped to [0, 1] (ODIN's set).
     Gaussian,
     /// Uniform noise images, pixels i.i.d. `U[0, 1]`.
     Uniform,
 }
 
-const FORMS: &str = "fashion-mnist-mini, mnist-mini, fashion-mnist, idx:DIR, gaussian, uniform";
+const FORMS: &str = "fashion-mnist-mini, mnist-mini, fashion-mnist, idx:DIR, cifar10:DIR, \
+                     cifar100:DIR, folder:DIR, folder:DIR@HxW, gaussian, uniform";
+
+/// Parse a `folder:` argument: the folder, then an optional `@HxW` size suffix.
+fn folder_spec(arg: &str) -> Option<DataSpec> {
+    let size = arg.rsplit_once('@').and_then(|(dir, hw)| {
+        let (h, w) = hw.split_once('x')?;
+        let (h, w) = (h.parse::<usize>().ok()?, w.parse::<usize>().ok()?);
+        (h > 0 && w > 0 && !dir.is_empty()).then_some((dir, (h, w)))
+    });
+    match size {
+        Some((dir, size)) => Some(DataSpec::Folder {
+            dir: dir.into(),
+            size: Some(size),
+        }),
+        None => (!arg.is_empty()).then(|| DataSpec::Folder {
+            dir: arg.into(),
+            size: None,
+        }),
+    }
+}
 
 impl FromStr for DataSpec {
     type Err = DataError;
     fn from_str(s: &str) -> Result<Self> {
+        let unknown = || DataError::UnknownSpec {
+            spec: s.into(),
+            expected: FORMS.into(),
+        };
         Ok(match s {
             "fashion-mnist-mini" => Self::FashionMnistMini,
             "mnist-mini" | "mnist" => Self::MnistMini,
@@ -57,12 +96,10 @@ impl FromStr for DataSpec {
             "uniform" => Self::Uniform,
             _ => match s.split_once(':') {
                 Some(("idx", dir)) if !dir.is_empty() => Self::Idx(PathBuf::from(dir)),
-                _ => {
-                    return Err(DataError::UnknownSpec {
-                        spec: s.into(),
-                        expected: FORMS.into(),
-                    })
-                }
+                Some(("cifar10", dir)) if !dir.is_empty() => Self::Cifar10(PathBuf::from(dir)),
+                Some(("cifar100", dir)) if !dir.is_empty() => Self::Cifar100(PathBuf::from(dir)),
+                Some(("folder", arg)) => folder_spec(arg).ok_or_else(unknown)?,
+                _ => return Err(unknown()),
             },
         })
     }
@@ -75,6 +112,13 @@ impl fmt::Display for DataSpec {
             Self::MnistMini => f.write_str("mnist-mini"),
             Self::FashionMnist => f.write_str("fashion-mnist"),
             Self::Idx(dir) => write!(f, "idx:{}", dir.display()),
+            Self::Cifar10(dir) => write!(f, "cifar10:{}", dir.display()),
+            Self::Cifar100(dir) => write!(f, "cifar100:{}", dir.display()),
+            Self::Folder { dir, size: None } => write!(f, "folder:{}", dir.display()),
+            Self::Folder {
+                dir,
+                size: Some((h, w)),
+            } => write!(f, "folder:{}@{h}x{w}", dir.display()),
             Self::Gaussian => f.write_str("gaussian"),
             Self::Uniform => f.write_str("uniform"),
         }
@@ -211,6 +255,9 @@ impl DataSpec {
                 load_idx_dir(&dir, "fashion-mnist", Some(fashion_classes()))
             }
             Self::Idx(dir) => load_idx_dir(dir, &self.to_string(), None),
+            Self::Cifar10(dir) => load_cifar(CifarKind::Cifar10, dir, &self.to_string()),
+            Self::Cifar100(dir) => load_cifar(CifarKind::Cifar100, dir, &self.to_string()),
+            Self::Folder { dir, size } => load_folder(dir, *size, &self.to_string()),
             Self::Gaussian | Self::Uniform => Err(DataError::Invalid(format!(
                 "`{self}` is a noise set for OOD evaluation; it has no training split"
             ))),
@@ -275,30 +322,33 @@ fn noise(
     )
 }
 
-/// Convert `ds` to `shape` (channels, height, width): unchanged, or gray repeated to 3 channels.
+/// Convert `ds` to `shape` (channels, height, width) as the model takes it: unchanged when it
+/// fits, else per image gray repeated to RGB (or RGB to luma), then a bilinear resize
+/// ([`crate::transform::convert_image`]). The input is consumed, so only the converted images
+/// stay in memory.
 pub fn conform(ds: Dataset, (c, h, w): (usize, usize, usize)) -> Result<Dataset> {
-    if (ds.channels, ds.height, ds.width) == (c, h, w) {
+    let from = (ds.channels, ds.height, ds.width);
+    if from == (c, h, w) {
         return Ok(ds);
     }
-    if ds.channels == 1 && c == 3 && (ds.height, ds.width) == (h, w) {
-        let hw = h * w;
-        let mut pixels = Vec::with_capacity(ds.images.len() * 3);
-        for plane in ds.images.chunks_exact(hw) {
-            for _ in 0..3 {
-                pixels.extend_from_slice(plane);
-            }
-        }
-        return Dataset::new(
-            ds.name,
-            pixels,
-            ds.labels,
-            (3, h, w),
-            ds.num_classes,
-            ds.class_names,
-        );
+    if h == 0 || w == 0 || !converts_channels(ds.channels, c) {
+        return Err(DataError::Invalid(format!(
+            "{} has images of {}x{}x{}, the model takes {c}x{h}x{w}: only 1 and 3 channels \
+             convert into each other",
+            ds.name, ds.channels, ds.height, ds.width
+        )));
     }
-    Err(DataError::Invalid(format!(
-        "{} has images of {}x{}x{}, the model takes {c}x{h}x{w}",
-        ds.name, ds.channels, ds.height, ds.width
-    )))
+    let mut pixels = Vec::with_capacity(ds.len() * c * h * w);
+    for img in ds.images.chunks_exact(ds.image_len()) {
+        let out = convert_image(img, from, (c, h, w)).expect("channels checked above");
+        pixels.extend_from_slice(&out);
+    }
+    Dataset::new(
+        ds.name,
+        pixels,
+        ds.labels,
+        (c, h, w),
+        ds.num_classes,
+        ds.class_names,
+    )
 }
