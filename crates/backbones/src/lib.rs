@@ -9,6 +9,9 @@ pub mod layers;
 pub mod model;
 pub mod ops;
 pub mod params;
+pub mod pos_embed;
+pub mod preact;
+pub mod resnet;
 pub mod vit;
 
 pub use error::BackboneError;

@@ -3,7 +3,9 @@
 
 use crate::error::{BackboneError, Result};
 use crate::layers::{Ctx, Linear};
-use crate::params::{LoadReport, ParamStore};
+use crate::params::{describe_report, LoadReport, ParamStore};
+use crate::preact::{PreActConfig, PreActResNet};
+use crate::resnet::{BlockKind, ResNet, ResNetConfig, Stem};
 use crate::vit::{GlobalPool, VisionTransformer, VitConfig};
 use candle_core::{Device, Tensor};
 use serde::{Deserialize, Serialize};
@@ -23,8 +25,11 @@ pub trait Backbone: Send + Sync {
     fn head(&self) -> &Linear;
     /// The class-token embedding `[B, D]`, for models that have one.
     fn class_token(&self, features: &Tensor) -> candle_core::Result<Option<Tensor>>;
-    /// Number of points where hidden states can be mixed (manifold mixup): point 0 is the input,
-    /// point `k ≥ 1` the hidden state entering stage/block `k - 1`.
+    /// timm's classifier name (`pretrained_cfg.classifier`): the prefix of the head's tensors.
+    fn classifier(&self) -> &'static str;
+    /// Number of points where hidden states can be mixed (manifold mixup): point 0 is the input;
+    /// for a ViT point `k ≥ 1` is the hidden state entering block `k - 1`, for a CNN the output
+    /// of stage `k`.
     fn num_mix_points(&self) -> usize;
     /// Run the network from the input up to mix point `point`.
     fn forward_to(&self, x: &Tensor, point: usize, ctx: &mut Ctx) -> candle_core::Result<Tensor>;
@@ -32,6 +37,11 @@ pub trait Backbone: Send + Sync {
     fn forward_from(&self, h: &Tensor, point: usize, ctx: &mut Ctx) -> candle_core::Result<Tensor>;
     /// Names of parameters exempt from weight decay beyond biases and norms.
     fn no_weight_decay(&self) -> Vec<String>;
+    /// Adapt checkpoint tensors made for another configuration of the same architecture before
+    /// loading (timm's `checkpoint_filter_fn`; e.g. a ViT resamples its position embeddings).
+    fn adapt_weights(&self, _tensors: &mut BTreeMap<String, Tensor>) -> Result<()> {
+        Ok(())
+    }
 }
 
 /// Architecture-specific arguments, resolved.
@@ -39,6 +49,10 @@ pub trait Backbone: Send + Sync {
 pub enum ArchConfig {
     /// A Vision Transformer.
     Vit(VitConfig),
+    /// A ResNet (basic or bottleneck blocks).
+    ResNet(ResNetConfig),
+    /// A pre-activation ResNet.
+    PreAct(PreActConfig),
 }
 
 impl ArchConfig {
@@ -46,6 +60,8 @@ impl ArchConfig {
     pub fn num_classes(&self) -> usize {
         match self {
             ArchConfig::Vit(c) => c.num_classes,
+            ArchConfig::ResNet(c) => c.num_classes,
+            ArchConfig::PreAct(c) => c.num_classes,
         }
     }
 
@@ -53,6 +69,8 @@ impl ArchConfig {
     pub fn in_chans(&self) -> usize {
         match self {
             ArchConfig::Vit(c) => c.in_chans,
+            ArchConfig::ResNet(c) => c.in_chans,
+            ArchConfig::PreAct(c) => c.in_chans,
         }
     }
 
@@ -60,12 +78,16 @@ impl ArchConfig {
     pub fn img_size(&self) -> usize {
         match self {
             ArchConfig::Vit(c) => c.img_size,
+            ArchConfig::ResNet(c) => c.img_size,
+            ArchConfig::PreAct(c) => c.img_size,
         }
     }
 
     fn to_args(&self) -> Result<serde_json::Map<String, serde_json::Value>> {
         let value = match self {
             ArchConfig::Vit(c) => serde_json::to_value(c),
+            ArchConfig::ResNet(c) => serde_json::to_value(c),
+            ArchConfig::PreAct(c) => serde_json::to_value(c),
         };
         match value {
             Ok(serde_json::Value::Object(map)) => Ok(map),
@@ -94,10 +116,17 @@ struct Preset {
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Family {
     Vit,
+    ResNet,
+    PreAct,
 }
 
 const INCEPTION_MEAN: [f64; 3] = [0.5, 0.5, 0.5];
 const INCEPTION_STD: [f64; 3] = [0.5, 0.5, 0.5];
+const IMAGENET_MEAN: [f64; 3] = [0.485, 0.456, 0.406];
+const IMAGENET_STD: [f64; 3] = [0.229, 0.224, 0.225];
+/// CIFAR-10 normalization of the PreAct-ResNet CIFAR code bases (Kuang Liu's `pytorch-cifar`).
+const CIFAR_MEAN: [f64; 3] = [0.4914, 0.4822, 0.4465];
+const CIFAR_STD: [f64; 3] = [0.2023, 0.1994, 0.2010];
 
 fn vit(patch_size: usize, embed_dim: usize, depth: usize, num_heads: usize) -> VitConfig {
     VitConfig {
@@ -106,6 +135,24 @@ fn vit(patch_size: usize, embed_dim: usize, depth: usize, num_heads: usize) -> V
         depth,
         num_heads,
         ..VitConfig::default()
+    }
+}
+
+fn resnet(block: BlockKind, layers: [usize; 4]) -> ResNetConfig {
+    ResNetConfig {
+        block,
+        layers: layers.to_vec(),
+        ..ResNetConfig::default()
+    }
+}
+
+/// A CIFAR-stem (3×3/1 conv, no pool) model for 32×32 images and 10 classes.
+fn resnet_cifar(block: BlockKind, layers: [usize; 4]) -> ResNetConfig {
+    ResNetConfig {
+        stem: Stem::Cifar,
+        img_size: 32,
+        num_classes: 10,
+        ..resnet(block, layers)
     }
 }
 
@@ -164,6 +211,71 @@ const PRESETS: &[Preset] = &[
         },
         mean: INCEPTION_MEAN,
         std: INCEPTION_STD,
+    },
+    Preset {
+        name: "resnet18",
+        family: Family::ResNet,
+        args: || ArchConfig::ResNet(resnet(BlockKind::Basic, [2, 2, 2, 2])),
+        mean: IMAGENET_MEAN,
+        std: IMAGENET_STD,
+    },
+    Preset {
+        name: "resnet34",
+        family: Family::ResNet,
+        args: || ArchConfig::ResNet(resnet(BlockKind::Basic, [3, 4, 6, 3])),
+        mean: IMAGENET_MEAN,
+        std: IMAGENET_STD,
+    },
+    Preset {
+        name: "resnet50",
+        family: Family::ResNet,
+        args: || ArchConfig::ResNet(resnet(BlockKind::Bottleneck, [3, 4, 6, 3])),
+        mean: IMAGENET_MEAN,
+        std: IMAGENET_STD,
+    },
+    Preset {
+        name: "resnet18_cifar",
+        family: Family::ResNet,
+        args: || ArchConfig::ResNet(resnet_cifar(BlockKind::Basic, [2, 2, 2, 2])),
+        mean: CIFAR_MEAN,
+        std: CIFAR_STD,
+    },
+    Preset {
+        name: "resnet34_cifar",
+        family: Family::ResNet,
+        args: || ArchConfig::ResNet(resnet_cifar(BlockKind::Basic, [3, 4, 6, 3])),
+        mean: CIFAR_MEAN,
+        std: CIFAR_STD,
+    },
+    Preset {
+        name: "resnet50_cifar",
+        family: Family::ResNet,
+        args: || ArchConfig::ResNet(resnet_cifar(BlockKind::Bottleneck, [3, 4, 6, 3])),
+        mean: CIFAR_MEAN,
+        std: CIFAR_STD,
+    },
+    Preset {
+        // timm's pre-activation ResNet-18 (ImageNet stem).
+        name: "resnetv2_18",
+        family: Family::PreAct,
+        args: || ArchConfig::PreAct(PreActConfig::default()),
+        mean: IMAGENET_MEAN,
+        std: IMAGENET_STD,
+    },
+    Preset {
+        // The MultiMix paper's CIFAR backbone: resnetv2_18 with the CIFAR stem.
+        name: "preact_resnet18",
+        family: Family::PreAct,
+        args: || {
+            ArchConfig::PreAct(PreActConfig {
+                stem: Stem::Cifar,
+                img_size: 32,
+                num_classes: 10,
+                ..PreActConfig::default()
+            })
+        },
+        mean: CIFAR_MEAN,
+        std: CIFAR_STD,
     },
 ];
 
@@ -235,6 +347,16 @@ impl ModelConfig {
                 let c: VitConfig = serde_json::from_value(merged.into()).map_err(invalid)?;
                 c.validate(architecture)?;
                 ArchConfig::Vit(c)
+            }
+            Family::ResNet => {
+                let c: ResNetConfig = serde_json::from_value(merged.into()).map_err(invalid)?;
+                c.validate(architecture)?;
+                ArchConfig::ResNet(c)
+            }
+            Family::PreAct => {
+                let c: PreActConfig = serde_json::from_value(merged.into()).map_err(invalid)?;
+                c.validate(architecture)?;
+                ArchConfig::PreAct(c)
             }
         };
         let channels = arch.in_chans();
@@ -312,6 +434,8 @@ impl Model {
         let params = ParamStore::new(device, seed);
         let backbone: Box<dyn Backbone> = match &config.arch {
             ArchConfig::Vit(c) => Box::new(VisionTransformer::new(&params, c)?),
+            ArchConfig::ResNet(c) => Box::new(ResNet::new(&params, c)?),
+            ArchConfig::PreAct(c) => Box::new(PreActResNet::new(&params, c)?),
         };
         let c = config.mean.len();
         let to_tensor = |v: &[f64]| -> Result<Tensor> {
@@ -360,12 +484,45 @@ impl Model {
         self.backbone.head().forward(&pooled)
     }
 
-    /// Overwrite weights by name (see [`ParamStore::load`]).
+    /// Overwrite weights by name (see [`ParamStore::load`]), after adapting them to this
+    /// configuration as timm's checkpoint filter does ([`Backbone::adapt_weights`]).
     pub fn load_weights(
         &self,
         tensors: &BTreeMap<String, Tensor>,
         strict: bool,
     ) -> Result<LoadReport> {
-        self.params.load(tensors, strict)
+        let mut tensors = tensors.clone();
+        self.backbone.adapt_weights(&mut tensors)?;
+        self.params.load(&tensors, strict)
+    }
+
+    /// Load every weight except the classifier's (which keeps its fresh initialization): for
+    /// fine-tuning with another class count. Any other missing or unexpected tensor is an error,
+    /// and then nothing is loaded.
+    pub fn load_weights_new_head(&self, tensors: &BTreeMap<String, Tensor>) -> Result<LoadReport> {
+        let prefix = format!("{}.", self.backbone.classifier());
+        let mut body: BTreeMap<String, Tensor> = tensors
+            .iter()
+            .filter(|(name, _)| !name.starts_with(&prefix))
+            .map(|(name, t)| (name.clone(), t.clone()))
+            .collect();
+        self.backbone.adapt_weights(&mut body)?;
+        let names = self.params.names();
+        let stray = LoadReport {
+            missing: names
+                .iter()
+                .filter(|n| !n.starts_with(&prefix) && !body.contains_key(*n))
+                .cloned()
+                .collect(),
+            unexpected: body
+                .keys()
+                .filter(|k| names.binary_search(k).is_err())
+                .cloned()
+                .collect(),
+        };
+        if !stray.missing.is_empty() || !stray.unexpected.is_empty() {
+            return Err(BackboneError::WeightMismatch(describe_report(&stray)));
+        }
+        self.params.load(&body, false)
     }
 }

@@ -11,8 +11,10 @@ use crate::layers::{drop_path, dropout, Ctx, LayerNorm, Linear};
 use crate::model::Backbone;
 use crate::ops;
 use crate::params::{Init, ParamStore};
+use crate::pos_embed::resample_abs_pos_embed;
 use candle_core::{Tensor, D};
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 
 /// How a ViT pools its tokens before the head (timm `global_pool`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -436,6 +438,10 @@ impl Backbone for VisionTransformer {
         &self.head
     }
 
+    fn classifier(&self) -> &'static str {
+        "head"
+    }
+
     fn class_token(&self, features: &Tensor) -> candle_core::Result<Option<Tensor>> {
         if self.cls_token.is_some() {
             Ok(Some(features.narrow(1, 0, 1)?.squeeze(1)?))
@@ -473,5 +479,27 @@ impl Backbone for VisionTransformer {
 
     fn no_weight_decay(&self) -> Vec<String> {
         vec!["pos_embed".into(), "cls_token".into()]
+    }
+
+    /// Resample `pos_embed` of a checkpoint made for another image size to this grid, as timm's
+    /// `checkpoint_filter_fn` (bicubic, antialiased, prefix tokens kept).
+    fn adapt_weights(&self, tensors: &mut BTreeMap<String, Tensor>) -> Result<()> {
+        let Some(pos) = tensors.get("pos_embed") else {
+            return Ok(());
+        };
+        if pos.dims() == self.pos_embed.dims() {
+            return Ok(());
+        }
+        let prefix = self.num_prefix_tokens();
+        let grid = self.cfg.grid_size();
+        let resized = resample_abs_pos_embed(pos, (grid, grid), None, prefix, true).map_err(|e| {
+            BackboneError::WeightMismatch(format!(
+                "pos_embed {:?} cannot be resampled to {grid}×{grid} patches with {prefix} prefix token(s): {}",
+                pos.dims(),
+                e.to_string().lines().next().unwrap_or_default()
+            ))
+        })?;
+        tensors.insert("pos_embed".into(), resized);
+        Ok(())
     }
 }

@@ -54,6 +54,7 @@ mod cpu;
 mod gelu;
 mod layer_norm;
 mod math;
+mod pool;
 mod softmax;
 
 use candle_core::{DType, Device, Error, Result, Tensor, D};
@@ -111,6 +112,35 @@ pub fn bias_add(x: &Tensor, bias: &Tensor) -> Result<Tensor> {
     }
 }
 
+/// Max pooling over `[B, C, H, W]` with a square `kernel`, `stride` and implicit −∞ `padding`
+/// (torch `nn.MaxPool2d(kernel, stride, padding)`, `ceil_mode=False`). Unlike candle's
+/// `max_pool2d`, it has a backward for any geometry (a ResNet stem's 3×3/2 pool): the gradient of
+/// each output goes to the first maximum of its window, as in PyTorch.
+pub fn max_pool2d(x: &Tensor, kernel: usize, stride: usize, padding: usize) -> Result<Tensor> {
+    let (_, _, h, w) = x.dims4()?;
+    if kernel == 0
+        || stride == 0
+        || 2 * padding > kernel
+        || h + 2 * padding < kernel
+        || w + 2 * padding < kernel
+    {
+        candle_core::bail!(
+            "max_pool2d: kernel {kernel}, stride {stride}, padding {padding} do not fit input {:?} (need kernel, stride > 0, padding ≤ kernel/2, kernel ≤ size + 2·padding)",
+            x.dims()
+        );
+    }
+    let pool = pool::MaxPool2d {
+        kernel,
+        stride,
+        padding,
+    };
+    if fused(&[x]) {
+        x.contiguous()?.apply_op1(pool)
+    } else {
+        composite::max_pool2d(x, kernel, stride, padding)
+    }
+}
+
 /// True when the custom ops apply: every tensor is f32 and on the CPU.
 fn fused(tensors: &[&Tensor]) -> bool {
     tensors
@@ -148,6 +178,41 @@ pub(crate) mod composite {
         let var = centered.sqr()?.mean_keepdim(D::Minus1)?;
         let normed = centered.broadcast_div(&(var + eps)?.sqrt()?)?;
         normed.broadcast_mul(weight)?.broadcast_add(bias)
+    }
+
+    /// Max pooling as the elementwise maximum of the `k²` strided views of the −∞-padded input
+    /// (ties share the gradient, where PyTorch gives it to the first maximum).
+    pub(crate) fn max_pool2d(x: &Tensor, k: usize, s: usize, p: usize) -> Result<Tensor> {
+        let (b, c, h, w) = x.dims4()?;
+        let (oh, ow) = ((h + 2 * p - k) / s + 1, (w + 2 * p - k) / s + 1);
+        // Pad to s·(o + ⌈k/s⌉) per dim so every view is a whole number of stride blocks.
+        let blocks = k.div_ceil(s);
+        let (hp, wp) = (s * (oh + blocks), s * (ow + blocks));
+        let fill = |dims: (usize, usize, usize, usize)| -> Result<Tensor> {
+            Tensor::full(f32::NEG_INFINITY, dims, x.device())?.to_dtype(x.dtype())
+        };
+        let rows = Tensor::cat(&[&fill((b, c, p, w))?, x, &fill((b, c, hp - p - h, w))?], 2)?;
+        let padded = Tensor::cat(
+            &[&fill((b, c, hp, p))?, &rows, &fill((b, c, hp, wp - p - w))?],
+            3,
+        )?;
+        let phased = padded.reshape((b, c, hp / s, s, wp / s, s))?;
+        let mut out: Option<Tensor> = None;
+        for dy in 0..k {
+            for dx in 0..k {
+                let view = phased
+                    .narrow(2, dy / s, oh)?
+                    .narrow(3, dy % s, 1)?
+                    .narrow(4, dx / s, ow)?
+                    .narrow(5, dx % s, 1)?
+                    .reshape((b, c, oh, ow))?;
+                out = Some(match out {
+                    Some(m) => m.maximum(&view)?,
+                    None => view,
+                });
+            }
+        }
+        out.ok_or_else(|| candle_core::Error::Msg("max_pool2d: empty kernel".into()))
     }
 
     /// `exp(x - max) / Σ exp(x - max)`; the max is detached (softmax is shift invariant).
