@@ -20,6 +20,11 @@ The metadata holds `config`: the multimix `{"architecture", "args"}` that builds
 and for the resized ViT `source_img_size` (the checkpoint's). References are computed in float64
 from the stored float32 weights and inputs, then stored as float32.
 
+And timm checkpoint directories as timm's `save_for_hf` writes them (what `push_to_hf_hub`
+uploads), crates/backbones/tests/fixtures/timm_{vit,resnet18}/: `config.json`, `model.safetensors`,
+plus `reference.safetensors` with `images` in [0, 1] and timm's `logits`, `pre_logits` and
+`features` for them (normalized with the config's mean and std, eval mode).
+
 Also writes crates/backbones/tests/fixtures/resample.safetensors: timm's
 `resample_abs_pos_embed` (bicubic, align_corners=False) for down- and upsampling, with and without
 antialiasing, with and without a prefix token.
@@ -33,6 +38,8 @@ import torch
 import torch.nn as nn
 from safetensors.torch import save_file
 from timm.layers import BatchNormAct2d, create_conv2d, resample_abs_pos_embed
+import timm
+from timm.models._hub import save_for_hf
 from timm.models.resnet import BasicBlock, Bottleneck, ResNet
 from timm.models.resnetv2 import ResNetV2
 from timm.models.vision_transformer import VisionTransformer, checkpoint_filter_fn
@@ -182,6 +189,32 @@ def main():
     x = torch.randn((4, 3, 16, 16), generator=gen)
     cfg = {"architecture": "preact_resnet18", "args": dict(channels=channels, stem_chs=8, num_classes=5, img_size=16)}
     write_case("preact_resnet18", model, x, cfg, train=True)
+
+    # timm checkpoint directories.
+    # A CNN takes any image size: the ResNet's reference images are 48 px, below its 224.
+    for name, arch, kwargs, size in [
+        ("timm_vit", "vit_tiny_patch16_224",
+         dict(img_size=16, patch_size=4, embed_dim=32, depth=2, num_heads=2, num_classes=5), 16),
+        ("timm_resnet18", "resnet18", dict(num_classes=5, channels=(8, 16, 24, 32)), 48),
+    ]:
+        model = timm.create_model(arch, pretrained=False, **kwargs)
+        randomize(model, gen)
+        model.eval()
+        directory = OUT / name
+        save_for_hf(model, str(directory), safe_serialization=True)
+        cfg = json.loads((directory / "config.json").read_text())
+        c = cfg["pretrained_cfg"]["input_size"][0]
+        images = torch.rand((2, c, size, size), generator=gen)
+        mean = torch.tensor(cfg["pretrained_cfg"]["mean"]).view(1, -1, 1, 1)
+        std = torch.tensor(cfg["pretrained_cfg"]["std"]).view(1, -1, 1, 1)
+        m = model.double()
+        with torch.no_grad():
+            features = m.forward_features(((images - mean) / std).double())
+            ref = dict(images=images, features=f32(features),
+                       pre_logits=f32(m.forward_head(features, pre_logits=True)),
+                       logits=f32(m.forward_head(features)))
+        save_file(ref, str(directory / "reference.safetensors"))
+        print(f"{directory.relative_to(ROOT)}: model_args {cfg.get('model_args')}")
 
     # Position-embedding resampling, timm's function.
     out = {}

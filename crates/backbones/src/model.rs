@@ -375,6 +375,71 @@ impl ModelConfig {
         })
     }
 
+    /// The configuration a timm `config.json` describes (the layout of timm's
+    /// `save_config_for_hf`): `architecture` (a registered name), `model_args`, `num_classes`,
+    /// `global_pool`, and `pretrained_cfg` `input_size` `[C, H, W]` (square), `mean`, `std`.
+    /// Other fields are ignored; unknown `model_args` are an error naming them.
+    pub fn from_timm_json(config: &serde_json::Value) -> Result<Self> {
+        let architecture = config
+            .get("architecture")
+            .and_then(serde_json::Value::as_str)
+            .unwrap_or_default();
+        let invalid = |message: String| BackboneError::InvalidConfig {
+            architecture: architecture.to_string(),
+            message,
+        };
+        preset(architecture)?;
+        let mut args = match config.get("model_args") {
+            None | Some(serde_json::Value::Null) => serde_json::Map::new(),
+            Some(serde_json::Value::Object(m)) => m.clone(),
+            Some(other) => {
+                return Err(invalid(format!(
+                    "model_args must be an object, got {other}"
+                )))
+            }
+        };
+        for key in ["num_classes", "global_pool"] {
+            if let Some(v) = config.get(key).filter(|v| !v.is_null()) {
+                args.insert(key.into(), v.clone());
+            }
+        }
+        let pretrained = config
+            .get("pretrained_cfg")
+            .ok_or_else(|| invalid("config.json has no pretrained_cfg".into()))?;
+        let field = |name: &str| -> Result<Vec<f64>> {
+            serde_json::from_value(pretrained.get(name).cloned().unwrap_or_default())
+                .map_err(|e| invalid(format!("pretrained_cfg.{name}: {e}")))
+        };
+        let input_size = field("input_size")?;
+        let (c, h) = match input_size[..] {
+            [c, h, w] if h == w && c >= 1.0 && h >= 1.0 => (c as usize, h as usize),
+            _ => {
+                return Err(invalid(format!(
+                    "pretrained_cfg.input_size {input_size:?} must be [C, H, W] with H = W"
+                )))
+            }
+        };
+        // timm builds the model from `model_args` (its `img_size` may be `[H, W]`); the input
+        // size fills in what they leave out.
+        let img_size = match args.get("img_size") {
+            None => h,
+            Some(v) => square_size(v)
+                .ok_or_else(|| invalid(format!("model_args.img_size {v} must be N or [N, N]")))?,
+        };
+        args.insert("img_size".into(), img_size.into());
+        args.entry("in_chans").or_insert(c.into());
+        Self::from_preset(architecture, &args)?.with_normalization(field("mean")?, field("std")?)
+    }
+
+    /// This configuration for `img_size`×`img_size` inputs (a ViT's position embeddings are
+    /// then resampled when its weights are loaded).
+    pub fn with_img_size(&self, img_size: usize) -> Result<Self> {
+        let mut args = self.arch.to_args()?;
+        args.insert("img_size".into(), img_size.into());
+        Self::from_preset(&self.architecture, &args)?
+            .with_normalization(self.mean.clone(), self.std.clone())
+    }
+
     /// Set the input normalization, checking it has one positive std per input channel.
     pub fn with_normalization(mut self, mean: Vec<f64>, std: Vec<f64>) -> Result<Self> {
         let c = self.arch.in_chans();
@@ -415,6 +480,15 @@ impl From<ModelConfig> for RawModelConfig {
             mean: Some(c.mean),
             std: Some(c.std),
         }
+    }
+}
+
+/// `N` from a JSON `N` or `[N, N]`.
+fn square_size(v: &serde_json::Value) -> Option<usize> {
+    let n = |v: &serde_json::Value| v.as_u64().and_then(|n| usize::try_from(n).ok());
+    match v {
+        serde_json::Value::Array(hw) if hw.len() == 2 && hw[0] == hw[1] => n(&hw[0]),
+        other => n(other),
     }
 }
 
