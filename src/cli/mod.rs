@@ -1,6 +1,7 @@
 //! Command-line parsing and the subcommands.
 
 mod eval;
+mod infer;
 mod train;
 
 use anyhow::{bail, Result};
@@ -23,6 +24,8 @@ enum Command {
     Train(train::TrainArgs),
     /// Evaluate a saved run and rewrite its report.
     Eval(eval::EvalArgs),
+    /// Logits (and features) of images from a checkpoint of this project or of timm.
+    Infer(infer::InferArgs),
 }
 
 /// Parse the command line and run the subcommand.
@@ -30,6 +33,7 @@ pub fn run() -> Result<()> {
     match Cli::parse().command {
         Command::Train(args) => train::run(args),
         Command::Eval(args) => eval::run(args),
+        Command::Infer(args) => infer::run(args),
     }
 }
 
