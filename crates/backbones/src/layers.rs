@@ -236,7 +236,7 @@ impl BatchNorm2d {
     /// `y = (x − μ_B) / √(σ²_B + ε) · γ + β` with biased batch variance; then
     /// `running ← (1 − m)·running + m·stat` with the unbiased variance (PyTorch).
     fn forward_train(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        let (b, c, h, w) = x.dims4()?;
+        let (b, _, h, w) = x.dims4()?;
         let n = b * h * w;
         if n < 2 {
             candle_core::bail!(
@@ -244,15 +244,8 @@ impl BatchNorm2d {
                 x.dims()
             );
         }
-        let mean = x.mean_keepdim((0, 2, 3))?;
-        let centered = x.broadcast_sub(&mean)?;
-        let var = centered.sqr()?.mean_keepdim((0, 2, 3))?;
-        let inv_std = (&var + self.eps)?.sqrt()?.recip()?;
-        let scale = inv_std.broadcast_mul(&self.weight.reshape((1, c, 1, 1))?)?;
-        let y = centered
-            .broadcast_mul(&scale)?
-            .broadcast_add(&self.bias.reshape((1, c, 1, 1))?)?;
-        self.update_running(&mean.detach().reshape(c)?, &var.detach().reshape(c)?, n)?;
+        let (y, mean, var) = ops::batch_norm_train(x, &self.weight, &self.bias, self.eps)?;
+        self.update_running(&mean, &var, n)?;
         Ok(y)
     }
 
@@ -272,13 +265,11 @@ impl BatchNorm2d {
 
     /// `y = x · γ/√(running_var + ε) + (β − running_mean · γ/√(running_var + ε))`.
     fn forward_eval(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        let c = x.dim(1)?;
         let rm = self.running_mean.as_detached_tensor().to_dtype(x.dtype())?;
         let rv = self.running_var.as_detached_tensor().to_dtype(x.dtype())?;
         let scale = (rv + self.eps)?.sqrt()?.recip()?.mul(&self.weight)?;
         let shift = (&self.bias - rm.mul(&scale)?)?;
-        x.broadcast_mul(&scale.reshape((1, c, 1, 1))?)?
-            .broadcast_add(&shift.reshape((1, c, 1, 1))?)
+        ops::channel_affine(x, &scale, &shift)
     }
 }
 

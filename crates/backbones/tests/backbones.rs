@@ -441,3 +441,78 @@ fn max_pool_fused_equals_composite() {
     )
     .is_err());
 }
+
+/// The fused batch-norm ops (train: batch statistics with the backward through them; eval: the
+/// per-channel affine map) equal their composite fallbacks (f64 path), outputs, statistics and
+/// the gradients of x, weight and bias.
+#[test]
+fn batch_norm_ops_fused_equal_composite() {
+    let mut rng = ChaCha8Rng::seed_from_u64(2);
+    let mut var = |dims: &[usize], offset: f32| {
+        let n: usize = dims.iter().product();
+        let v: Vec<f32> = (0..n)
+            .map(|_| rng.random::<f32>() * 2.0 - 1.0 + offset)
+            .collect();
+        Var::from_tensor(&Tensor::from_vec(v, dims, &Device::Cpu).unwrap()).unwrap()
+    };
+    let x = var(&[3, 5, 4, 3], 3.0);
+    let w = var(&[5], 1.0);
+    let b = var(&[5], 0.0);
+    let gy = var(&[3, 5, 4, 3], 0.0).as_tensor().clone();
+    let f64v = |v: &Var| Var::from_tensor(&v.as_tensor().to_dtype(DType::F64).unwrap()).unwrap();
+    let (x64, w64, b64) = (f64v(&x), f64v(&w), f64v(&b));
+    type Run = Box<dyn Fn(&Tensor, &Tensor, &Tensor) -> Vec<Tensor>>;
+    let cases: [(&str, Run); 2] = [
+        (
+            "train",
+            Box::new(|x, w, b| {
+                let (y, m, v) = multimix_backbones::ops::batch_norm_train(x, w, b, 1e-5).unwrap();
+                vec![y, m, v]
+            }),
+        ),
+        (
+            "eval",
+            Box::new(|x, w, b| vec![multimix_backbones::ops::channel_affine(x, w, b).unwrap()]),
+        ),
+    ];
+    for (name, run) in cases {
+        let fused = run(x.as_tensor(), w.as_tensor(), b.as_tensor());
+        let reference = run(x64.as_tensor(), w64.as_tensor(), b64.as_tensor());
+        for (i, (a, r)) in fused.iter().zip(&reference).enumerate() {
+            let r = r.to_dtype(DType::F32).unwrap();
+            assert!(max_diff(a, &r) < 1e-5, "{name}: output {i}");
+        }
+        let g = (&fused[0] * &gy)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
+        let gr = (&reference[0] * gy.to_dtype(DType::F64).unwrap())
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
+        for (label, (v, v64)) in
+            ["x", "weight", "bias"]
+                .iter()
+                .zip([(&x, &x64), (&w, &w64), (&b, &b64)])
+        {
+            let a = g.get(v.as_tensor()).unwrap();
+            let r = gr
+                .get(v64.as_tensor())
+                .unwrap()
+                .to_dtype(DType::F32)
+                .unwrap();
+            let scale = values(&r.abs().unwrap())
+                .into_iter()
+                .fold(0.0f32, f32::max)
+                .max(1e-3);
+            assert!(
+                max_diff(a, &r) < 1e-5 * scale.max(1.0),
+                "{name}: gradient of {label}"
+            );
+        }
+    }
+}

@@ -49,6 +49,7 @@ macro_rules! simd_kernel {
     };
 }
 
+mod batch_norm;
 mod bias;
 mod cpu;
 mod gelu;
@@ -109,6 +110,60 @@ pub fn bias_add(x: &Tensor, bias: &Tensor) -> Result<Tensor> {
             .apply_op2(&bias.contiguous()?, bias::BiasAdd)
     } else {
         x.broadcast_add(bias)
+    }
+}
+
+/// Batch normalization with batch statistics over `[B, C, …]` (torch `batch_norm` in training
+/// mode): `y = (x − μ_c)/√(σ²_c + eps)·weight_c + bias_c`, `μ`, `σ²` (biased) over all dims but
+/// dim 1. Returns `(y, μ, σ²)` with the statistics `[C]` detached (for the running averages);
+/// gradients reach `x` (through the statistics too), `weight` and `bias`.
+pub fn batch_norm_train(
+    x: &Tensor,
+    weight: &Tensor,
+    bias: &Tensor,
+    eps: f64,
+) -> Result<(Tensor, Tensor, Tensor)> {
+    let c = x.dim(1)?;
+    check_vector("batch_norm", x, weight, c)?;
+    check_vector("batch_norm", x, bias, c)?;
+    if fused(&[x, weight, bias]) {
+        let x = x.contiguous()?;
+        let shape = batch_norm::channel_dims(x.shape())?;
+        let stats = cpu::with_f32("batch_norm", &x, |v| {
+            Ok(batch_norm::channel_stats(v, shape, eps))
+        })?;
+        let mean: Vec<f64> = stats.iter().map(|s| s.mean).collect();
+        let var: Vec<f64> = stats.iter().map(|s| s.var).collect();
+        let y = x.apply_op3(
+            &weight.contiguous()?,
+            &bias.contiguous()?,
+            batch_norm::BatchNormTrain { stats },
+        )?;
+        let device = x.device();
+        Ok((
+            y,
+            Tensor::from_vec(mean, c, device)?.to_dtype(DType::F32)?,
+            Tensor::from_vec(var, c, device)?.to_dtype(DType::F32)?,
+        ))
+    } else {
+        composite::batch_norm_train(x, weight, bias, eps)
+    }
+}
+
+/// `y = x·scale_c + shift_c` over `[B, C, …]` (evaluation-mode batch norm with its running
+/// statistics folded into `scale`, `shift` `[C]`). Gradients reach all three.
+pub fn channel_affine(x: &Tensor, scale: &Tensor, shift: &Tensor) -> Result<Tensor> {
+    let c = x.dim(1)?;
+    check_vector("channel_affine", x, scale, c)?;
+    check_vector("channel_affine", x, shift, c)?;
+    if fused(&[x, scale, shift]) {
+        x.contiguous()?.apply_op3(
+            &scale.contiguous()?,
+            &shift.contiguous()?,
+            batch_norm::ChannelAffine,
+        )
+    } else {
+        composite::channel_affine(x, scale, shift)
     }
 }
 
@@ -178,6 +233,41 @@ pub(crate) mod composite {
         let var = centered.sqr()?.mean_keepdim(D::Minus1)?;
         let normed = centered.broadcast_div(&(var + eps)?.sqrt()?)?;
         normed.broadcast_mul(weight)?.broadcast_add(bias)
+    }
+
+    /// Per-channel shape `[1, C, 1, …]` for broadcasting over `x`.
+    fn per_channel(x: &Tensor, v: &Tensor) -> Result<Tensor> {
+        let mut dims = vec![1usize; x.rank()];
+        dims[1] = x.dim(1)?;
+        v.reshape(dims)
+    }
+
+    /// Batch norm from composed ops; returns `(y, μ, σ²)` with detached `[C]` statistics.
+    pub(crate) fn batch_norm_train(
+        x: &Tensor,
+        weight: &Tensor,
+        bias: &Tensor,
+        eps: f64,
+    ) -> Result<(Tensor, Tensor, Tensor)> {
+        let c = x.dim(1)?;
+        let dims: Vec<usize> = (0..x.rank()).filter(|d| *d != 1).collect();
+        let mean = x.mean_keepdim(dims.as_slice())?;
+        let centered = x.broadcast_sub(&mean)?;
+        let var = centered.sqr()?.mean_keepdim(dims.as_slice())?;
+        let scale = (&var + eps)?
+            .sqrt()?
+            .recip()?
+            .broadcast_mul(&per_channel(x, weight)?)?;
+        let y = centered
+            .broadcast_mul(&scale)?
+            .broadcast_add(&per_channel(x, bias)?)?;
+        Ok((y, mean.detach().reshape(c)?, var.detach().reshape(c)?))
+    }
+
+    /// `x·scale_c + shift_c` from broadcast ops.
+    pub(crate) fn channel_affine(x: &Tensor, scale: &Tensor, shift: &Tensor) -> Result<Tensor> {
+        x.broadcast_mul(&per_channel(x, scale)?)?
+            .broadcast_add(&per_channel(x, shift)?)
     }
 
     /// Max pooling as the elementwise maximum of the `k²` strided views of the −∞-padded input
