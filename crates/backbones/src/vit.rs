@@ -383,6 +383,18 @@ impl VisionTransformer {
         }
     }
 
+    /// Mix points are 0 (input) to `depth` (entering the last block).
+    fn check_point(&self, point: usize) -> candle_core::Result<()> {
+        if point > self.blocks.len() {
+            candle_core::bail!(
+                "mix point {point} out of range: this ViT has points 0 (input) to {} (entering block {})",
+                self.blocks.len(),
+                self.blocks.len() - 1
+            );
+        }
+        Ok(())
+    }
+
     /// The attention weights `[B, H, N, N]` of block `index` (0-based) for inputs `x`.
     pub fn attention_maps(&self, x: &Tensor, index: usize) -> candle_core::Result<Tensor> {
         if index >= self.blocks.len() {
@@ -455,6 +467,7 @@ impl Backbone for VisionTransformer {
     }
 
     fn forward_to(&self, x: &Tensor, point: usize, ctx: &mut Ctx) -> candle_core::Result<Tensor> {
+        self.check_point(point)?;
         if point == 0 {
             return Ok(x.clone());
         }
@@ -466,6 +479,7 @@ impl Backbone for VisionTransformer {
     }
 
     fn forward_from(&self, h: &Tensor, point: usize, ctx: &mut Ctx) -> candle_core::Result<Tensor> {
+        self.check_point(point)?;
         let (mut h, skip) = if point == 0 {
             (self.embed(h, ctx)?, 0)
         } else {

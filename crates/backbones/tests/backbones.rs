@@ -242,12 +242,13 @@ fn mix_points_compose_and_dense_logits_average_to_logits() {
             let f = b.forward_from(&h, k, &mut Ctx::eval()).unwrap();
             assert!(max_diff(&f, &features) < 1e-5, "{label}: point {k}");
         }
+        let past = b.num_mix_points();
+        assert!(b.forward_to(&x, past, &mut Ctx::eval()).is_err(), "{label}");
+        assert!(
+            b.forward_from(&x, past, &mut Ctx::eval()).is_err(),
+            "{label}"
+        );
         if features.rank() == 4 {
-            assert!(
-                b.forward_to(&x, b.num_mix_points(), &mut Ctx::eval())
-                    .is_err(),
-                "{label}"
-            );
             let (_, c, h, w) = features.dims4().unwrap();
             let dense = b.dense(&features).unwrap();
             assert_eq!(dense.dims(), [2, h * w, c], "{label}: dense layout");
