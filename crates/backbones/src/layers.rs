@@ -145,18 +145,18 @@ impl LayerNorm {
     }
 }
 
-/// A 2-D convolution without dilation (torch `nn.Conv2d`, names `weight`, optional `bias`).
+/// A 2-D convolution without bias or dilation (torch `nn.Conv2d(bias=False)`, name `weight`),
+/// as every convolution of a ResNet.
 #[derive(Clone)]
 pub struct Conv2d {
     weight: Tensor,
-    bias: Option<Tensor>,
     stride: usize,
     padding: usize,
 }
 
 impl Conv2d {
     /// A `k×k` convolution `in_chans → out_chans` with the given stride and zero padding, weight
-    /// drawn from `init`, no bias (as every convolution of a ResNet).
+    /// drawn from `init`.
     pub fn no_bias(
         ps: &ParamStore,
         in_chans: usize,
@@ -168,7 +168,6 @@ impl Conv2d {
     ) -> Result<Self> {
         Ok(Self {
             weight: ps.param("weight", (out_chans, in_chans, kernel, kernel), init)?,
-            bias: None,
             stride,
             padding,
         })
@@ -181,11 +180,7 @@ impl Conv2d {
 
     /// Apply to `x` of shape `[B, in, H, W]`.
     pub fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        let y = x.conv2d(&self.weight, self.padding, self.stride, 1, 1)?;
-        match &self.bias {
-            Some(b) => y.broadcast_add(&b.reshape((1, (), 1, 1))?),
-            None => Ok(y),
-        }
+        x.conv2d(&self.weight, self.padding, self.stride, 1, 1)
     }
 }
 

@@ -175,11 +175,6 @@ impl ResNetConfig {
             ],
         )
     }
-
-    /// Width of the pooled features.
-    pub fn num_features(&self) -> usize {
-        self.channels.last().copied().unwrap_or(0) * self.block.expansion()
-    }
 }
 
 /// Stochastic depth rates of all blocks, `rate · i / (n − 1)` for block `i` of `n` (timm).
