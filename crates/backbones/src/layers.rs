@@ -253,9 +253,9 @@ impl BatchNorm2d {
             .set(&((rm * (1.0 - m))? + (mean * m)?)?.to_dtype(DType::F32)?)?;
         self.running_var
             .set(&((rv * (1.0 - m))? + (unbiased * m)?)?.to_dtype(DType::F32)?)?;
-        let count = self.num_batches_tracked.as_tensor().to_scalar::<i64>()?;
-        self.num_batches_tracked
-            .set(&Tensor::new(count + 1, self.weight.device())?)
+        // +1 on the device (an i64 affine), without a host round trip.
+        let count = self.num_batches_tracked.as_detached_tensor();
+        self.num_batches_tracked.set(&count.affine(1.0, 1.0)?)
     }
 
     /// `y = x · γ/√(running_var + ε) + (β − running_mean · γ/√(running_var + ε))`.
