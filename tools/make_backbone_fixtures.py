@@ -16,8 +16,8 @@ Writes crates/backbones/tests/fixtures/parity_<case>.safetensors, one file per m
     train.logits      (BatchNorm models) forward(x) in training mode: batch statistics
     train.<buffer>    (BatchNorm models) running_mean / running_var / num_batches_tracked after it
 
-The metadata holds `config`: the multimix `{"architecture", "args"}` that builds the same model,
-and for the resized ViT `source_img_size` (the checkpoint's). References are computed in float64
+The metadata holds `config`: the multimix `{"architecture", "args"}` that builds the same model.
+References are computed in float64
 from the stored float32 weights and inputs, then stored as float32.
 
 And timm checkpoint directories as timm's `save_for_hf` writes them (what `push_to_hf_hub`
@@ -94,7 +94,7 @@ def train_reference(model, x, out):
         out[f"train.{name}"] = b.detach().clone() if b.dtype == torch.int64 else f32(b)
 
 
-def write_case(case, model, x, config, train=False, weights=None, extra_meta=None):
+def write_case(case, model, x, config, train=False, weights=None):
     gen = torch.Generator().manual_seed(zlib.crc32(case.encode()))
     out = {}
     sd = weights if weights is not None else model.state_dict()
@@ -109,7 +109,6 @@ def write_case(case, model, x, config, train=False, weights=None, extra_meta=Non
     if train:
         train_reference(model, x, out)
     meta = {"config": json.dumps(config)}
-    meta.update(extra_meta or {})
     path = OUT / f"parity_{case}.safetensors"
     save_file(out, str(path), metadata=meta)
     size = path.stat().st_size
@@ -149,7 +148,7 @@ def main():
         "architecture": "vit_tiny_patch16_224",
         "args": dict(img_size=64, patch_size=16, embed_dim=32, depth=2, num_heads=2, num_classes=5),
     }
-    write_case("vit_224_at_64", dst, x, cfg, weights=sd, extra_meta={"source_img_size": "224"})
+    write_case("vit_224_at_64", dst, x, cfg, weights=sd)
 
     # ResNet-18 layout at reduced stage widths (timm's stem is always 64 wide), ImageNet stem (7×7/2 conv, 3×3/2 max pool).
     channels = [8, 16, 24, 32]
@@ -189,6 +188,17 @@ def main():
     x = torch.randn((4, 3, 16, 16), generator=gen)
     cfg = {"architecture": "preact_resnet18", "args": dict(channels=channels, stem_chs=8, num_classes=5, img_size=16)}
     write_case("preact_resnet18", model, x, cfg, train=True)
+
+    # timm's resnetv2_18 layout with its own stem (7×7/2 conv, 3×3/2 max pool, no stem norm).
+    model = ResNetV2(
+        layers=[2, 2, 2, 2], channels=channels, num_classes=5, stem_chs=8, basic=True, bottle_ratio=1.0,
+        conv_layer=create_conv2d, norm_layer=BatchNormAct2d,
+    )
+    own = torch.Generator().manual_seed(zlib.crc32(b"resnetv2_18"))  # keeps `gen`'s later draws
+    randomize(model, own)
+    x = torch.randn((2, 3, 40, 40), generator=own)
+    cfg = {"architecture": "resnetv2_18", "args": dict(channels=channels, stem_chs=8, num_classes=5, img_size=40)}
+    write_case("resnetv2_18", model, x, cfg, train=True)
 
     # timm checkpoint directories.
     # A CNN takes any image size: the ResNet's reference images are 48 px, below its 224.

@@ -178,6 +178,12 @@ fn preact_resnet18_matches_timm() {
     check_train("preact_resnet18");
 }
 
+#[test]
+fn resnetv2_18_imagenet_stem_matches_timm() {
+    check_eval("resnetv2_18");
+    check_train("resnetv2_18");
+}
+
 /// timm's `resample_abs_pos_embed` (bicubic, align_corners=False), down- and upsampling, with
 /// and without antialiasing, with and without a class token.
 #[test]
