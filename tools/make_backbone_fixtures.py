@@ -25,12 +25,17 @@ uploads), crates/backbones/tests/fixtures/timm_{vit,resnet18}/: `config.json`, `
 plus `reference.safetensors` with `images` in [0, 1] and timm's `logits`, `pre_logits` and
 `features` for them (normalized with the config's mean and std, eval mode).
 
+And crates/backbones/tests/fixtures/timm_presets.json: for full-size timm models, the
+`config.json` timm writes and the state dict's names, shapes and dtypes (no weights), so the
+registered presets can be checked to hold exactly timm's tensors.
+
 Also writes crates/backbones/tests/fixtures/resample.safetensors: timm's
 `resample_abs_pos_embed` (bicubic, align_corners=False) for down- and upsampling, with and without
 antialiasing, with and without a prefix token.
 """
 
 import json
+import tempfile
 import zlib
 from pathlib import Path
 
@@ -39,7 +44,7 @@ import torch.nn as nn
 from safetensors.torch import save_file
 from timm.layers import BatchNormAct2d, create_conv2d, resample_abs_pos_embed
 import timm
-from timm.models._hub import save_for_hf
+from timm.models._hub import save_config_for_hf, save_for_hf
 from timm.models.resnet import BasicBlock, Bottleneck, ResNet
 from timm.models.resnetv2 import ResNetV2
 from timm.models.vision_transformer import VisionTransformer, checkpoint_filter_fn
@@ -225,6 +230,19 @@ def main():
                        logits=f32(m.forward_head(features)))
         save_file(ref, str(directory / "reference.safetensors"))
         print(f"{directory.relative_to(ROOT)}: model_args {cfg.get('model_args')}")
+
+    # Full-size presets: timm's config.json and state-dict table.
+    tables = {}
+    for arch in ["vit_tiny_patch16_224", "resnet18", "resnet34", "resnet50", "resnetv2_18"]:
+        model = timm.create_model(arch, pretrained=False)
+        with tempfile.TemporaryDirectory() as tmp:
+            save_config_for_hf(model, f"{tmp}/config.json")
+            config = json.loads(Path(f"{tmp}/config.json").read_text())
+        tensors = {k: [list(v.shape), str(v.dtype).removeprefix("torch.")] for k, v in model.state_dict().items()}
+        tables[arch] = {"config": config, "tensors": tensors}
+    path = OUT / "timm_presets.json"
+    path.write_text(json.dumps(tables, indent=1, sort_keys=True) + "\n")
+    print(f"{path.relative_to(ROOT)}: {path.stat().st_size / 1024:.0f} KiB")
 
     # Position-embedding resampling, timm's function.
     out = {}

@@ -151,3 +151,51 @@ fn mismatched_weights_are_listed() {
     let msg = model.load_weights(&w, true).unwrap_err().to_string();
     assert!(msg.contains("fc.bias"), "{msg}");
 }
+
+/// The full-size presets hold exactly timm's tensors (names, shapes, dtypes), built from the
+/// `config.json` timm writes for them, so their checkpoints load without conversion.
+#[test]
+fn full_size_presets_hold_timms_tensors() {
+    let path = dir("timm_presets.json");
+    let tables: Value = serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap();
+    for (arch, table) in tables.as_object().unwrap() {
+        let cfg = ModelConfig::from_timm_json(&table["config"]).unwrap();
+        assert_eq!(&cfg.architecture, arch);
+        let model = Model::new(&cfg, &Device::Cpu, 0).unwrap();
+        let ours: BTreeMap<String, (Vec<usize>, String)> = model
+            .params()
+            .tensors()
+            .unwrap()
+            .into_iter()
+            .map(|(k, t)| {
+                (
+                    k,
+                    (t.dims().to_vec(), format!("{:?}", t.dtype()).to_lowercase()),
+                )
+            })
+            .collect();
+        let timm: BTreeMap<String, (Vec<usize>, String)> = table["tensors"]
+            .as_object()
+            .unwrap()
+            .iter()
+            .map(|(k, v)| {
+                let shape = serde_json::from_value(v[0].clone()).unwrap();
+                let dtype = v[1]
+                    .as_str()
+                    .unwrap()
+                    .replace("float32", "f32")
+                    .replace("int64", "i64");
+                (k.clone(), (shape, dtype))
+            })
+            .collect();
+        let missing: Vec<_> = timm.keys().filter(|k| !ours.contains_key(*k)).collect();
+        let extra: Vec<_> = ours.keys().filter(|k| !timm.contains_key(*k)).collect();
+        assert!(
+            missing.is_empty() && extra.is_empty(),
+            "{arch}: missing {missing:?}, extra {extra:?}"
+        );
+        for (name, want) in &timm {
+            assert_eq!(&ours[name], want, "{arch}: {name}");
+        }
+    }
+}
