@@ -29,6 +29,9 @@ And crates/backbones/tests/fixtures/timm_presets.json: for full-size timm models
 `config.json` timm writes and the state dict's names, shapes and dtypes (no weights), so the
 registered presets can be checked to hold exactly timm's tensors.
 
+And crates/backbones/tests/fixtures/adapt_input_conv.safetensors: timm's `adapt_input_conv` of
+a random RGB kernel `weight` to 1, 2 and 5 input channels (`to1`, `to2`, `to5`).
+
 Also writes crates/backbones/tests/fixtures/resample.safetensors: timm's
 `resample_abs_pos_embed` (bicubic, align_corners=False) for down- and upsampling, with and without
 antialiasing, with and without a prefix token.
@@ -45,6 +48,7 @@ from safetensors.torch import save_file
 from timm.layers import BatchNormAct2d, create_conv2d, resample_abs_pos_embed
 import timm
 from timm.models._hub import save_config_for_hf, save_for_hf
+from timm.models._manipulate import adapt_input_conv
 from timm.models.resnet import BasicBlock, Bottleneck, ResNet
 from timm.models.resnetv2 import ResNetV2
 from timm.models.vision_transformer import VisionTransformer, checkpoint_filter_fn
@@ -255,6 +259,16 @@ def main():
                                            interpolation="bicubic", antialias=aa)
                 out[f"p{prefix}.to{new}.aa{int(aa)}"] = f32(r)
     path = OUT / "resample.safetensors"
+    save_file(out, str(path))
+    print(f"{path.relative_to(ROOT)}: {len(out)} tensors, {path.stat().st_size / 1024:.0f} KiB")
+
+    # First-convolution adaptation to other input-channel counts, timm's function.
+    own = torch.Generator().manual_seed(zlib.crc32(b"adapt_input_conv"))
+    weight = torch.randn((4, 3, 3, 3), generator=own)
+    out = {"weight": weight}
+    for c in (1, 2, 5):
+        out[f"to{c}"] = f32(adapt_input_conv(c, weight.clone()))
+    path = OUT / "adapt_input_conv.safetensors"
     save_file(out, str(path))
     print(f"{path.relative_to(ROOT)}: {len(out)} tensors, {path.stat().st_size / 1024:.0f} KiB")
 

@@ -4,6 +4,7 @@
 //! embeddings for dense MultiMix, pooled embeddings, the affine head, and mix points for
 //! manifold mixup. [`Model`] wraps a backbone with its input normalization.
 
+pub mod adapt;
 pub mod error;
 pub mod layers;
 pub mod model;

@@ -1,6 +1,7 @@
 //! The backbone interface, model configurations in timm's layout, the registry of presets, and
 //! [`Model`]: a backbone with its input normalization inside, taking images in [0, 1].
 
+use crate::adapt::adapt_input_conv;
 use crate::error::{BackboneError, Result};
 use crate::layers::{Ctx, Linear};
 use crate::params::{describe_report, LoadReport, ParamStore};
@@ -27,6 +28,9 @@ pub trait Backbone: Send + Sync {
     fn class_token(&self, features: &Tensor) -> candle_core::Result<Option<Tensor>>;
     /// timm's classifier name (`pretrained_cfg.classifier`): the prefix of the head's tensors.
     fn classifier(&self) -> &'static str;
+    /// timm's first convolution (`pretrained_cfg.first_conv`), adapted when a checkpoint was
+    /// made for another number of input channels.
+    fn first_conv(&self) -> &'static str;
     /// Number of points where hidden states can be mixed (manifold mixup): point 0 is the input;
     /// for a ViT point `k ≥ 1` is the hidden state entering block `k - 1`, for a CNN the output
     /// of stage `k`.
@@ -565,9 +569,23 @@ impl Model {
         tensors: &BTreeMap<String, Tensor>,
         strict: bool,
     ) -> Result<LoadReport> {
-        let mut tensors = tensors.clone();
+        self.params.load(&self.adapted(tensors.clone())?, strict)
+    }
+
+    /// Checkpoint tensors adapted to this configuration: the backbone's own filter
+    /// ([`Backbone::adapt_weights`]), then a first convolution made for 3 input channels adapted
+    /// to this model's (timm's `adapt_input_conv`).
+    fn adapted(&self, mut tensors: BTreeMap<String, Tensor>) -> Result<BTreeMap<String, Tensor>> {
         self.backbone.adapt_weights(&mut tensors)?;
-        self.params.load(&tensors, strict)
+        let name = format!("{}.weight", self.backbone.first_conv());
+        let in_chans = self.config.arch.in_chans();
+        if let Some(w) = tensors.get(&name) {
+            if w.rank() == 4 && w.dim(1)? == 3 && in_chans != 3 {
+                let adapted = adapt_input_conv(in_chans, w)?;
+                tensors.insert(name, adapted);
+            }
+        }
+        Ok(tensors)
     }
 
     /// Load every weight except the classifier's (which keeps its fresh initialization): for
@@ -575,12 +593,13 @@ impl Model {
     /// and then nothing is loaded.
     pub fn load_weights_new_head(&self, tensors: &BTreeMap<String, Tensor>) -> Result<LoadReport> {
         let prefix = format!("{}.", self.backbone.classifier());
-        let mut body: BTreeMap<String, Tensor> = tensors
-            .iter()
-            .filter(|(name, _)| !name.starts_with(&prefix))
-            .map(|(name, t)| (name.clone(), t.clone()))
-            .collect();
-        self.backbone.adapt_weights(&mut body)?;
+        let body = self.adapted(
+            tensors
+                .iter()
+                .filter(|(name, _)| !name.starts_with(&prefix))
+                .map(|(name, t)| (name.clone(), t.clone()))
+                .collect(),
+        )?;
         let names = self.params.names();
         let stray = LoadReport {
             missing: names

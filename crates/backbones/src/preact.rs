@@ -245,6 +245,10 @@ impl Backbone for PreActResNet {
         "head.fc"
     }
 
+    fn first_conv(&self) -> &'static str {
+        "stem.conv"
+    }
+
     fn class_token(&self, _features: &Tensor) -> candle_core::Result<Option<Tensor>> {
         Ok(None)
     }

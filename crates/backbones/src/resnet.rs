@@ -420,6 +420,10 @@ impl Backbone for ResNet {
         "fc"
     }
 
+    fn first_conv(&self) -> &'static str {
+        "conv1"
+    }
+
     fn class_token(&self, _features: &Tensor) -> candle_core::Result<Option<Tensor>> {
         Ok(None)
     }

@@ -454,6 +454,10 @@ impl Backbone for VisionTransformer {
         "head"
     }
 
+    fn first_conv(&self) -> &'static str {
+        "patch_embed.proj"
+    }
+
     fn class_token(&self, features: &Tensor) -> candle_core::Result<Option<Tensor>> {
         if self.cls_token.is_some() {
             Ok(Some(features.narrow(1, 0, 1)?.squeeze(1)?))

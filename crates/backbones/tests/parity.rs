@@ -204,3 +204,30 @@ fn pos_embed_resampling_matches_timm() {
         }
     }
 }
+
+/// timm's `adapt_input_conv`: an RGB kernel for 1, 2 and 5 input channels.
+#[test]
+fn input_conv_adaptation_matches_timm() {
+    let f = fixture("adapt_input_conv");
+    for c in [1usize, 2, 5] {
+        let got = multimix_backbones::adapt::adapt_input_conv(c, f.get("weight")).unwrap();
+        assert_close(&format!("to {c} channels"), &got, f.get(&format!("to{c}")));
+    }
+}
+
+/// An RGB checkpoint loads into a model for gray images: the first convolution is adapted as
+/// timm's `load_pretrained` does, everything else is loaded as is.
+#[test]
+fn rgb_checkpoint_loads_into_a_gray_model() {
+    let f = fixture("parity_resnet18");
+    let cfg: serde_json::Value = serde_json::from_str(&f.metadata["config"]).unwrap();
+    let mut args = cfg["args"].as_object().unwrap().clone();
+    args.insert("in_chans".into(), 1.into());
+    let config = ModelConfig::from_preset("resnet18", &args).unwrap();
+    let model = Model::new(&config, &Device::Cpu, 0).unwrap();
+    model.load_weights(&f.weights(), true).unwrap();
+    let tensors = model.params().tensors().unwrap();
+    let want = f.get("w.conv1.weight").sum_keepdim(1).unwrap();
+    assert_close("conv1.weight", &tensors["conv1.weight"], &want);
+    assert_close("fc.weight", &tensors["fc.weight"], f.get("w.fc.weight"));
+}
