@@ -246,13 +246,13 @@ impl BatchNorm2d {
 
     fn update_running(&self, mean: &Tensor, var: &Tensor, n: usize) -> candle_core::Result<()> {
         let m = self.momentum;
-        let unbiased = (var * (n as f64 / (n - 1) as f64))?;
+        let mean = mean.to_dtype(DType::F32)?;
+        let unbiased = (var.to_dtype(DType::F32)? * (n as f64 / (n - 1) as f64))?;
         let rm = self.running_mean.as_detached_tensor();
         let rv = self.running_var.as_detached_tensor();
-        self.running_mean
-            .set(&((rm * (1.0 - m))? + (mean * m)?)?.to_dtype(DType::F32)?)?;
+        self.running_mean.set(&((rm * (1.0 - m))? + (mean * m)?)?)?;
         self.running_var
-            .set(&((rv * (1.0 - m))? + (unbiased * m)?)?.to_dtype(DType::F32)?)?;
+            .set(&((rv * (1.0 - m))? + (unbiased * m)?)?)?;
         // +1 on the device (an i64 affine), without a host round trip.
         let count = self.num_batches_tracked.as_detached_tensor();
         self.num_batches_tracked.set(&count.affine(1.0, 1.0)?)
