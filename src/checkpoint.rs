@@ -17,7 +17,6 @@ use multimix_hub::remote::DEFAULT_REVISION;
 use multimix_hub::{Hub, HubOptions, RepoId, TimmConfig, Zoo};
 use multimix_recipes::run::MODEL_FILE;
 use multimix_recipes::train::META_MODEL_CONFIG;
-use serde_json::{Map, Value};
 use std::path::{Path, PathBuf};
 
 /// The prefix of hub references (`hf-hub:owner/name[@revision]`), as timm writes them.
@@ -82,13 +81,13 @@ impl CheckpointSource {
     }
 }
 
-/// The weights file of a checkpoint given as a directory or a file.
+/// The weights file of a checkpoint given as a run directory, a timm directory or a file.
 pub fn weights_file(checkpoint: &Path) -> Result<PathBuf> {
     if checkpoint.is_dir() {
         let file = checkpoint.join(MODEL_FILE);
         if !file.is_file() {
             bail!(
-                "{} holds no {MODEL_FILE}: is it a run directory of a finished epoch?",
+                "{} holds no {MODEL_FILE}: is it a run directory of a finished epoch or a timm checkpoint directory?",
                 checkpoint.display()
             );
         }
@@ -101,32 +100,10 @@ pub fn weights_file(checkpoint: &Path) -> Result<PathBuf> {
 }
 
 /// The model configuration a timm `config.json` describes: the architecture with its
-/// `model_args`, the head size, the input channels and size, and the normalization.
+/// `model_args`, the head size, the input channels and size, and the normalization
+/// ([`ModelConfig::from_timm_json`]).
 pub fn model_config_from_timm(config: &TimmConfig) -> Result<ModelConfig> {
-    let mut args: Map<String, Value> = config.model_args.clone();
-    let input = &config.pretrained_cfg.input_size;
-    // timm writes `img_size` as an int or as `[H, W]`; the models here take square inputs.
-    match args.get("img_size") {
-        Some(Value::Array(hw)) => match hw.as_slice() {
-            [h, w] if h == w => {
-                let side = h.clone();
-                args.insert("img_size".into(), side);
-            }
-            _ => bail!("img_size {hw:?}: only square inputs are supported"),
-        },
-        Some(_) => {}
-        None => {
-            if input[1] != input[2] {
-                bail!("input_size {input:?}: only square inputs are supported");
-            }
-            args.insert("img_size".into(), input[1].into());
-        }
-    }
-    args.insert("num_classes".into(), config.num_classes.into());
-    args.entry("in_chans").or_insert_with(|| input[0].into());
-    let model = ModelConfig::from_preset(&config.architecture, &args)?;
-    let (mean, std) = (&config.pretrained_cfg.mean, &config.pretrained_cfg.std);
-    Ok(model.with_normalization(mean.clone(), std.clone())?)
+    Ok(ModelConfig::from_timm_json(&serde_json::to_value(config)?)?)
 }
 
 /// The model configuration of a weights file: from its metadata (this project's files), else
@@ -158,10 +135,22 @@ fn model_config(
 /// Build the model a checkpoint describes and load its weights, all of them. The checkpoint is
 /// any of the forms in the module documentation.
 pub fn load_model(checkpoint: &Path, device: &Device) -> Result<Model> {
+    load_model_at(checkpoint, device, None)
+}
+
+/// [`load_model`], with the model built for `img_size`×`img_size` inputs when given (a ViT's
+/// position embeddings are resampled as timm does).
+pub fn load_model_at(checkpoint: &Path, device: &Device, img_size: Option<usize>) -> Result<Model> {
     let local = CheckpointSource::parse(checkpoint)?.fetch(HubOptions::from_env())?;
     let file = weights_file(&local)?;
     let ckpt = load_safetensors(&file, device)?;
     let config = model_config(&file, &ckpt.metadata)?;
+    let config = match img_size {
+        Some(n) => config
+            .with_img_size(n)
+            .with_context(|| format!("--img-size {n}"))?,
+        None => config,
+    };
     let model = Model::new(&config, device, 0)?;
     model
         .load_weights(&ckpt.tensors, true)

@@ -2,6 +2,7 @@
 
 mod eval;
 mod hub;
+mod infer;
 mod mixviz;
 mod ood_metrics;
 mod train;
@@ -37,6 +38,8 @@ enum Command {
     Hub(hub::HubArgs),
     /// The model zoo: pretrained checkpoints by name.
     Zoo(zoo::ZooArgs),
+    /// Logits (and features) of images from a checkpoint of this project or of timm.
+    Infer(infer::InferArgs),
 }
 
 /// Parse the command line and run the subcommand.
@@ -48,6 +51,7 @@ pub fn run() -> Result<()> {
         Command::Mixviz(args) => mixviz::run(args),
         Command::Hub(args) => hub::run(args),
         Command::Zoo(args) => zoo::run(args),
+        Command::Infer(args) => infer::run(args),
     }
 }
 

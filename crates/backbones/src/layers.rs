@@ -6,7 +6,7 @@
 use crate::error::Result;
 use crate::ops;
 use crate::params::{Init, ParamStore};
-use candle_core::Tensor;
+use candle_core::{DType, Tensor, Var};
 use rand::{Rng, RngCore};
 
 /// The forward context: training or evaluation mode, and in training mode the generator that
@@ -87,6 +87,12 @@ impl Linear {
         )
     }
 
+    /// A linear layer over existing tensors (`weight` `[out, in]`, e.g. a reshaped 1×1
+    /// convolution kernel); gradients reach whatever `weight` and `bias` derive from.
+    pub fn from_parts(weight: Tensor, bias: Option<Tensor>) -> Self {
+        Self { weight, bias }
+    }
+
     /// The weight `[out, in]`.
     pub fn weight(&self) -> &Tensor {
         &self.weight
@@ -136,6 +142,129 @@ impl LayerNorm {
     /// Normalize `x` over its last dim.
     pub fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         ops::layer_norm(x, &self.weight, &self.bias, self.eps)
+    }
+}
+
+/// A 2-D convolution without bias or dilation (torch `nn.Conv2d(bias=False)`, name `weight`),
+/// as every convolution of a ResNet.
+#[derive(Clone)]
+pub struct Conv2d {
+    weight: Tensor,
+    stride: usize,
+    padding: usize,
+}
+
+impl Conv2d {
+    /// A `k×k` convolution `in_chans → out_chans` with the given stride and zero padding, weight
+    /// drawn from `init`.
+    pub fn no_bias(
+        ps: &ParamStore,
+        in_chans: usize,
+        out_chans: usize,
+        kernel: usize,
+        stride: usize,
+        padding: usize,
+        init: Init,
+    ) -> Result<Self> {
+        Ok(Self {
+            weight: ps.param("weight", (out_chans, in_chans, kernel, kernel), init)?,
+            stride,
+            padding,
+        })
+    }
+
+    /// The kernel `[out, in, k, k]`.
+    pub fn weight(&self) -> &Tensor {
+        &self.weight
+    }
+
+    /// Apply to `x` of shape `[B, in, H, W]`.
+    pub fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        x.conv2d(&self.weight, self.padding, self.stride, 1, 1)
+    }
+}
+
+/// 2-D batch normalization with PyTorch's semantics (`nn.BatchNorm2d`, momentum 0.1): names
+/// `weight`, `bias` (trained) and the buffers `running_mean`, `running_var`,
+/// `num_batches_tracked` (saved with the weights, updated in place in training mode).
+#[derive(Clone)]
+pub struct BatchNorm2d {
+    weight: Tensor,
+    bias: Tensor,
+    running_mean: Var,
+    running_var: Var,
+    num_batches_tracked: Var,
+    eps: f64,
+    momentum: f64,
+}
+
+impl BatchNorm2d {
+    /// A batch norm over `channels` (eps 1e-5, momentum 0.1), weight `gamma` (1, or 0 for a
+    /// residual branch's last norm under `zero_init_last`), bias 0, running stats 0 and 1.
+    pub fn new(ps: &ParamStore, channels: usize, gamma: f64) -> Result<Self> {
+        Ok(Self {
+            weight: ps.param("weight", channels, Init::Const(gamma))?,
+            bias: ps.param("bias", channels, Init::Const(0.0))?,
+            running_mean: ps.buffer("running_mean", channels, Init::Const(0.0), DType::F32)?,
+            running_var: ps.buffer("running_var", channels, Init::Const(1.0), DType::F32)?,
+            num_batches_tracked: ps.buffer(
+                "num_batches_tracked",
+                (),
+                Init::Const(0.0),
+                DType::I64,
+            )?,
+            eps: 1e-5,
+            momentum: 0.1,
+        })
+    }
+
+    /// Normalize `x` `[B, C, H, W]`: with the batch's statistics in training mode (updating the
+    /// running statistics), with the running statistics in evaluation mode.
+    pub fn forward(&self, x: &Tensor, ctx: &Ctx) -> candle_core::Result<Tensor> {
+        if ctx.is_train() {
+            self.forward_train(x)
+        } else {
+            self.forward_eval(x)
+        }
+    }
+
+    /// `y = (x − μ_B) / √(σ²_B + ε) · γ + β` with biased batch variance; then
+    /// `running ← (1 − m)·running + m·stat` with the unbiased variance (PyTorch).
+    fn forward_train(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        let (b, _, h, w) = x.dims4()?;
+        let n = b * h * w;
+        if n < 2 {
+            candle_core::bail!(
+                "BatchNorm2d in training mode needs more than 1 value per channel, got input {:?}",
+                x.dims()
+            );
+        }
+        let (y, mean, var) = ops::batch_norm_train(x, &self.weight, &self.bias, self.eps)?;
+        self.update_running(&mean, &var, n)?;
+        Ok(y)
+    }
+
+    fn update_running(&self, mean: &Tensor, var: &Tensor, n: usize) -> candle_core::Result<()> {
+        let m = self.momentum;
+        let mean = mean.to_dtype(DType::F32)?;
+        let unbiased = (var.to_dtype(DType::F32)? * (n as f64 / (n - 1) as f64))?;
+        let rm = self.running_mean.as_detached_tensor();
+        let rv = self.running_var.as_detached_tensor();
+        self.running_mean.set(&((rm * (1.0 - m))? + (mean * m)?)?)?;
+        self.running_var
+            .set(&((rv * (1.0 - m))? + (unbiased * m)?)?)?;
+        // +1 on the device (an i64 affine), without a host round trip.
+        let count = self.num_batches_tracked.as_detached_tensor();
+        self.num_batches_tracked.set(&count.affine(1.0, 1.0)?)
+    }
+
+    /// `y = x · γ/√(running_var + ε) + (β − running_mean · γ/√(running_var + ε))`.
+    fn forward_eval(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        let rm = self.running_mean.as_detached_tensor().to_dtype(x.dtype())?;
+        let rv = self.running_var.as_detached_tensor().to_dtype(x.dtype())?;
+        let scale = (rv + self.eps)?.sqrt()?.recip()?.mul(&self.weight)?;
+        let shift = (&self.bias - rm.mul(&scale)?)?;
+        ops::channel_affine(x, &scale, &shift)
     }
 }
 

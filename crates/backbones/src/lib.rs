@@ -4,11 +4,15 @@
 //! embeddings for dense MultiMix, pooled embeddings, the affine head, and mix points for
 //! manifold mixup. [`Model`] wraps a backbone with its input normalization.
 
+pub mod adapt;
 pub mod error;
 pub mod layers;
 pub mod model;
 pub mod ops;
 pub mod params;
+pub mod pos_embed;
+pub mod preact;
+pub mod resnet;
 pub mod vit;
 
 pub use error::BackboneError;

@@ -219,6 +219,11 @@ impl ParamStore {
         Ok(out)
     }
 
+    /// The names of every tensor (parameters and buffers), sorted.
+    pub fn names(&self) -> Vec<String> {
+        self.lock().entries.keys().cloned().collect()
+    }
+
     /// The number of trainable scalars.
     pub fn num_trainable(&self) -> usize {
         self.trainable().iter().map(|(_, v)| v.elem_count()).sum()

@@ -11,8 +11,10 @@ use crate::layers::{drop_path, dropout, Ctx, LayerNorm, Linear};
 use crate::model::Backbone;
 use crate::ops;
 use crate::params::{Init, ParamStore};
+use crate::pos_embed::resample_abs_pos_embed;
 use candle_core::{Tensor, D};
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 
 /// How a ViT pools its tokens before the head (timm `global_pool`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -381,6 +383,18 @@ impl VisionTransformer {
         }
     }
 
+    /// Mix points are 0 (input) to `depth` (entering the last block).
+    fn check_point(&self, point: usize) -> candle_core::Result<()> {
+        if point > self.blocks.len() {
+            candle_core::bail!(
+                "mix point {point} out of range: this ViT has points 0 (input) to {} (entering block {})",
+                self.blocks.len(),
+                self.blocks.len() - 1
+            );
+        }
+        Ok(())
+    }
+
     /// The attention weights `[B, H, N, N]` of block `index` (0-based) for inputs `x`.
     pub fn attention_maps(&self, x: &Tensor, index: usize) -> candle_core::Result<Tensor> {
         if index >= self.blocks.len() {
@@ -436,6 +450,14 @@ impl Backbone for VisionTransformer {
         &self.head
     }
 
+    fn classifier(&self) -> &'static str {
+        "head"
+    }
+
+    fn first_conv(&self) -> &'static str {
+        "patch_embed.proj"
+    }
+
     fn class_token(&self, features: &Tensor) -> candle_core::Result<Option<Tensor>> {
         if self.cls_token.is_some() {
             Ok(Some(features.narrow(1, 0, 1)?.squeeze(1)?))
@@ -449,6 +471,7 @@ impl Backbone for VisionTransformer {
     }
 
     fn forward_to(&self, x: &Tensor, point: usize, ctx: &mut Ctx) -> candle_core::Result<Tensor> {
+        self.check_point(point)?;
         if point == 0 {
             return Ok(x.clone());
         }
@@ -460,6 +483,7 @@ impl Backbone for VisionTransformer {
     }
 
     fn forward_from(&self, h: &Tensor, point: usize, ctx: &mut Ctx) -> candle_core::Result<Tensor> {
+        self.check_point(point)?;
         let (mut h, skip) = if point == 0 {
             (self.embed(h, ctx)?, 0)
         } else {
@@ -473,5 +497,27 @@ impl Backbone for VisionTransformer {
 
     fn no_weight_decay(&self) -> Vec<String> {
         vec!["pos_embed".into(), "cls_token".into()]
+    }
+
+    /// Resample `pos_embed` of a checkpoint made for another image size to this grid, as timm's
+    /// `checkpoint_filter_fn` (bicubic, antialiased, prefix tokens kept).
+    fn adapt_weights(&self, tensors: &mut BTreeMap<String, Tensor>) -> Result<()> {
+        let Some(pos) = tensors.get("pos_embed") else {
+            return Ok(());
+        };
+        if pos.dims() == self.pos_embed.dims() {
+            return Ok(());
+        }
+        let prefix = self.num_prefix_tokens();
+        let grid = self.cfg.grid_size();
+        let resized = resample_abs_pos_embed(pos, (grid, grid), None, prefix, true).map_err(|e| {
+            BackboneError::WeightMismatch(format!(
+                "pos_embed {:?} cannot be resampled to {grid}×{grid} patches with {prefix} prefix token(s): {}",
+                pos.dims(),
+                e.to_string().lines().next().unwrap_or_default()
+            ))
+        })?;
+        tensors.insert("pos_embed".into(), resized);
+        Ok(())
     }
 }

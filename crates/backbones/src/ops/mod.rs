@@ -49,11 +49,13 @@ macro_rules! simd_kernel {
     };
 }
 
+mod batch_norm;
 mod bias;
 mod cpu;
 mod gelu;
 mod layer_norm;
 mod math;
+mod pool;
 mod softmax;
 
 use candle_core::{DType, Device, Error, Result, Tensor, D};
@@ -111,6 +113,89 @@ pub fn bias_add(x: &Tensor, bias: &Tensor) -> Result<Tensor> {
     }
 }
 
+/// Batch normalization with batch statistics over `[B, C, …]` (torch `batch_norm` in training
+/// mode): `y = (x − μ_c)/√(σ²_c + eps)·weight_c + bias_c`, `μ`, `σ²` (biased) over all dims but
+/// dim 1. Returns `(y, μ, σ²)` with the statistics `[C]` detached (for the running averages);
+/// gradients reach `x` (through the statistics too), `weight` and `bias`.
+pub fn batch_norm_train(
+    x: &Tensor,
+    weight: &Tensor,
+    bias: &Tensor,
+    eps: f64,
+) -> Result<(Tensor, Tensor, Tensor)> {
+    let c = x.dim(1)?;
+    check_vector("batch_norm", x, weight, c)?;
+    check_vector("batch_norm", x, bias, c)?;
+    if fused(&[x, weight, bias]) {
+        let x = x.contiguous()?;
+        let shape = batch_norm::channel_dims(x.shape())?;
+        let stats = cpu::with_f32("batch_norm", &x, |v| {
+            Ok(batch_norm::channel_stats(v, shape, eps))
+        })?;
+        let mean: Vec<f64> = stats.iter().map(|s| s.mean).collect();
+        let var: Vec<f64> = stats.iter().map(|s| s.var).collect();
+        let y = x.apply_op3(
+            &weight.contiguous()?,
+            &bias.contiguous()?,
+            batch_norm::BatchNormTrain { stats },
+        )?;
+        let device = x.device();
+        Ok((
+            y,
+            Tensor::from_vec(mean, c, device)?.to_dtype(DType::F32)?,
+            Tensor::from_vec(var, c, device)?.to_dtype(DType::F32)?,
+        ))
+    } else {
+        composite::batch_norm_train(x, weight, bias, eps)
+    }
+}
+
+/// `y = x·scale_c + shift_c` over `[B, C, …]` (evaluation-mode batch norm with its running
+/// statistics folded into `scale`, `shift` `[C]`). Gradients reach all three.
+pub fn channel_affine(x: &Tensor, scale: &Tensor, shift: &Tensor) -> Result<Tensor> {
+    let c = x.dim(1)?;
+    check_vector("channel_affine", x, scale, c)?;
+    check_vector("channel_affine", x, shift, c)?;
+    if fused(&[x, scale, shift]) {
+        x.contiguous()?.apply_op3(
+            &scale.contiguous()?,
+            &shift.contiguous()?,
+            batch_norm::ChannelAffine,
+        )
+    } else {
+        composite::channel_affine(x, scale, shift)
+    }
+}
+
+/// Max pooling over `[B, C, H, W]` with a square `kernel`, `stride` and implicit −∞ `padding`
+/// (torch `nn.MaxPool2d(kernel, stride, padding)`, `ceil_mode=False`). Unlike candle's
+/// `max_pool2d`, it has a backward for any geometry (a ResNet stem's 3×3/2 pool): the gradient of
+/// each output goes to the first maximum of its window, as in PyTorch.
+pub fn max_pool2d(x: &Tensor, kernel: usize, stride: usize, padding: usize) -> Result<Tensor> {
+    let (_, _, h, w) = x.dims4()?;
+    if kernel == 0
+        || stride == 0
+        || 2 * padding > kernel
+        || h + 2 * padding < kernel
+        || w + 2 * padding < kernel
+    {
+        candle_core::bail!(
+            "max_pool2d: kernel {kernel}, stride {stride}, padding {padding} do not fit input {:?} (need kernel, stride > 0, padding ≤ kernel/2, kernel ≤ size + 2·padding)",
+            x.dims()
+        );
+    }
+    let pool = pool::MaxPool2d {
+        kernel,
+        stride,
+        padding,
+    };
+    if fused(&[x]) {
+        x.contiguous()?.apply_op1(pool)
+    } else {
+        composite::max_pool2d(x, kernel, stride, padding)
+    }
+}
+
 /// True when the custom ops apply: every tensor is f32 and on the CPU.
 fn fused(tensors: &[&Tensor]) -> bool {
     tensors
@@ -148,6 +233,76 @@ pub(crate) mod composite {
         let var = centered.sqr()?.mean_keepdim(D::Minus1)?;
         let normed = centered.broadcast_div(&(var + eps)?.sqrt()?)?;
         normed.broadcast_mul(weight)?.broadcast_add(bias)
+    }
+
+    /// Per-channel shape `[1, C, 1, …]` for broadcasting over `x`.
+    fn per_channel(x: &Tensor, v: &Tensor) -> Result<Tensor> {
+        let mut dims = vec![1usize; x.rank()];
+        dims[1] = x.dim(1)?;
+        v.reshape(dims)
+    }
+
+    /// Batch norm from composed ops; returns `(y, μ, σ²)` with detached `[C]` statistics.
+    pub(crate) fn batch_norm_train(
+        x: &Tensor,
+        weight: &Tensor,
+        bias: &Tensor,
+        eps: f64,
+    ) -> Result<(Tensor, Tensor, Tensor)> {
+        let c = x.dim(1)?;
+        let dims: Vec<usize> = (0..x.rank()).filter(|d| *d != 1).collect();
+        let mean = x.mean_keepdim(dims.as_slice())?;
+        let centered = x.broadcast_sub(&mean)?;
+        let var = centered.sqr()?.mean_keepdim(dims.as_slice())?;
+        let scale = (&var + eps)?
+            .sqrt()?
+            .recip()?
+            .broadcast_mul(&per_channel(x, weight)?)?;
+        let y = centered
+            .broadcast_mul(&scale)?
+            .broadcast_add(&per_channel(x, bias)?)?;
+        Ok((y, mean.detach().reshape(c)?, var.detach().reshape(c)?))
+    }
+
+    /// `x·scale_c + shift_c` from broadcast ops.
+    pub(crate) fn channel_affine(x: &Tensor, scale: &Tensor, shift: &Tensor) -> Result<Tensor> {
+        x.broadcast_mul(&per_channel(x, scale)?)?
+            .broadcast_add(&per_channel(x, shift)?)
+    }
+
+    /// Max pooling as the elementwise maximum of the `k²` strided views of the −∞-padded input
+    /// (ties share the gradient, where PyTorch gives it to the first maximum).
+    pub(crate) fn max_pool2d(x: &Tensor, k: usize, s: usize, p: usize) -> Result<Tensor> {
+        let (b, c, h, w) = x.dims4()?;
+        let (oh, ow) = ((h + 2 * p - k) / s + 1, (w + 2 * p - k) / s + 1);
+        // Pad to s·(o + ⌈k/s⌉) per dim so every view is a whole number of stride blocks.
+        let blocks = k.div_ceil(s);
+        let (hp, wp) = (s * (oh + blocks), s * (ow + blocks));
+        let fill = |dims: (usize, usize, usize, usize)| -> Result<Tensor> {
+            Tensor::full(f32::NEG_INFINITY, dims, x.device())?.to_dtype(x.dtype())
+        };
+        let rows = Tensor::cat(&[&fill((b, c, p, w))?, x, &fill((b, c, hp - p - h, w))?], 2)?;
+        let padded = Tensor::cat(
+            &[&fill((b, c, hp, p))?, &rows, &fill((b, c, hp, wp - p - w))?],
+            3,
+        )?;
+        let phased = padded.reshape((b, c, hp / s, s, wp / s, s))?;
+        let mut out: Option<Tensor> = None;
+        for dy in 0..k {
+            for dx in 0..k {
+                let view = phased
+                    .narrow(2, dy / s, oh)?
+                    .narrow(3, dy % s, 1)?
+                    .narrow(4, dx / s, ow)?
+                    .narrow(5, dx % s, 1)?
+                    .reshape((b, c, oh, ow))?;
+                out = Some(match out {
+                    Some(m) => m.maximum(&view)?,
+                    None => view,
+                });
+            }
+        }
+        out.ok_or_else(|| candle_core::Error::Msg("max_pool2d: empty kernel".into()))
     }
 
     /// `exp(x - max) / Σ exp(x - max)`; the max is detached (softmax is shift invariant).

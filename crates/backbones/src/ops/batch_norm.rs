@@ -1,0 +1,244 @@
+//! Batch normalization over `[B, C, S…]` as custom ops: training mode (batch statistics, with
+//! the full backward through them) and the per-channel affine map of evaluation mode.
+//!
+//! Channel `c` of sample `b` is the contiguous plane `x[(b·C + c)·S ..][..S]`; statistics are
+//! parallel over channels, elementwise work over planes, accumulation in f64.
+
+use super::cpu::{cpu_tensor, storage_f32, with_f32};
+use super::math::{dot_f64, sum_f64, sum_sq_dev_f64};
+use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
+use rayon::prelude::*;
+
+/// `(B, C, S)` of a `[B, C, …]` shape.
+pub(super) fn channel_dims(shape: &Shape) -> Result<(usize, usize, usize)> {
+    let dims = shape.dims();
+    if dims.len() < 2 {
+        candle_core::bail!("batch norm needs [B, C, ...], got {dims:?}");
+    }
+    Ok((dims[0], dims[1], dims[2..].iter().product()))
+}
+
+/// Per-channel mean as an f32 pair `hi + lo` and `1/√(var + eps)` (biased variance), plus the
+/// variance itself.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct ChannelStats {
+    hi: f32,
+    lo: f32,
+    rstd: f32,
+    pub(super) mean: f64,
+    pub(super) var: f64,
+}
+
+/// The statistics of every channel of `x` `[B, C, S]`.
+pub(super) fn channel_stats(
+    x: &[f32],
+    (b, c, s): (usize, usize, usize),
+    eps: f64,
+) -> Vec<ChannelStats> {
+    let n = (b * s) as f64;
+    (0..c)
+        .into_par_iter()
+        .map(|ch| {
+            let planes = (0..b).map(|i| &x[(i * c + ch) * s..][..s]);
+            let mean = planes.clone().map(sum_f64).sum::<f64>() / n;
+            let hi = mean as f32;
+            let lo = (mean - f64::from(hi)) as f32;
+            let var = planes.map(|p| sum_sq_dev_f64(p, hi, lo)).sum::<f64>() / n;
+            ChannelStats {
+                hi,
+                lo,
+                rstd: (1.0 / (var + eps).sqrt()) as f32,
+                mean,
+                var,
+            }
+        })
+        .collect()
+}
+
+/// Training-mode batch norm with precomputed batch statistics:
+/// `y = (x − μ_c)·rstd_c·γ_c + β_c`; the backward includes the statistics' dependence on x:
+/// `dx = γ·rstd·(dy − mean(dy) − x̂·mean(dy·x̂))`, `dγ = Σ dy·x̂`, `dβ = Σ dy`.
+pub(super) struct BatchNormTrain {
+    pub(super) stats: Vec<ChannelStats>,
+}
+
+/// Applies `f(plane, channel)` to every `[S]` plane of `out` in parallel.
+fn for_planes(out: &mut [f32], c: usize, s: usize, f: impl Fn(&mut [f32], usize, usize) + Sync) {
+    if s > 0 {
+        out.par_chunks_mut(s)
+            .enumerate()
+            .for_each(|(i, plane)| f(plane, i, i % c));
+    }
+}
+
+impl CustomOp3 for BatchNormTrain {
+    fn name(&self) -> &'static str {
+        "batch-norm-train"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let x = storage_f32(self.name(), s1, l1)?;
+        let gamma = storage_f32(self.name(), s2, l2)?;
+        let beta = storage_f32(self.name(), s3, l3)?;
+        let (_, c, s) = channel_dims(l1.shape())?;
+        let mut y = vec![0.0f32; x.len()];
+        for_planes(&mut y, c, s, |plane, i, ch| {
+            let st = self.stats[ch];
+            let scale = st.rstd * gamma[ch];
+            for (y, &x) in plane.iter_mut().zip(&x[i * s..][..s]) {
+                *y = ((x - st.hi) - st.lo) * scale + beta[ch];
+            }
+        });
+        Ok((CpuStorage::F32(y), l1.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        gamma: &Tensor,
+        beta: &Tensor,
+        _res: &Tensor,
+        grad_res: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let (b, c, s) = channel_dims(x.shape())?;
+        let n = (b * s) as f64;
+        let name = self.name();
+        let (dx, dgamma, dbeta) = with_f32(name, x, |x| {
+            with_f32(name, grad_res, |dy| {
+                with_f32(name, gamma, |gamma| {
+                    // Per channel: Σ dy and Σ dy·(x − μ), in f64.
+                    let sums: Vec<(f64, f64)> = (0..c)
+                        .into_par_iter()
+                        .map(|ch| {
+                            let st = self.stats[ch];
+                            let mut sum_dy = 0.0;
+                            let mut sum_dy_xc = 0.0;
+                            for i in 0..b {
+                                let off = (i * c + ch) * s;
+                                let dyp = &dy[off..][..s];
+                                sum_dy += sum_f64(dyp);
+                                sum_dy_xc += dot_f64(dyp, &x[off..][..s])
+                                    - (f64::from(st.hi) + f64::from(st.lo)) * sum_f64(dyp);
+                            }
+                            (sum_dy, sum_dy_xc)
+                        })
+                        .collect();
+                    let mut dx = vec![0.0f32; x.len()];
+                    for_planes(&mut dx, c, s, |plane, i, ch| {
+                        let st = self.stats[ch];
+                        let (sum_dy, sum_dy_xc) = sums[ch];
+                        let rstd = f64::from(st.rstd);
+                        let mean_dy = (sum_dy / n) as f32;
+                        // mean(dy·x̂)·rstd, applied to (x − μ).
+                        let k = (sum_dy_xc / n * rstd * rstd) as f32;
+                        let scale = st.rstd * gamma[ch];
+                        let xs = &x[i * s..][..s];
+                        let dys = &dy[i * s..][..s];
+                        for ((d, &xv), &g) in plane.iter_mut().zip(xs).zip(dys) {
+                            let xc = (xv - st.hi) - st.lo;
+                            *d = scale * (g - mean_dy - xc * k);
+                        }
+                    });
+                    let dgamma: Vec<f32> = sums
+                        .iter()
+                        .zip(&self.stats)
+                        .map(|(&(_, sxc), st)| (sxc * f64::from(st.rstd)) as f32)
+                        .collect();
+                    let dbeta: Vec<f32> = sums.iter().map(|&(sdy, _)| sdy as f32).collect();
+                    Ok((dx, dgamma, dbeta))
+                })
+            })
+        })?;
+        Ok((
+            Some(cpu_tensor(dx, x.shape())?),
+            Some(cpu_tensor(dgamma, gamma.shape())?),
+            Some(cpu_tensor(dbeta, beta.shape())?),
+        ))
+    }
+}
+
+/// `y = x·scale_c + shift_c` over `[B, C, S…]` (evaluation-mode batch norm after folding the
+/// running statistics); `dx = dy·scale`, `dscale = Σ dy·x`, `dshift = Σ dy`.
+pub(super) struct ChannelAffine;
+
+impl CustomOp3 for ChannelAffine {
+    fn name(&self) -> &'static str {
+        "channel-affine"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let x = storage_f32(self.name(), s1, l1)?;
+        let scale = storage_f32(self.name(), s2, l2)?;
+        let shift = storage_f32(self.name(), s3, l3)?;
+        let (_, c, s) = channel_dims(l1.shape())?;
+        let mut y = vec![0.0f32; x.len()];
+        for_planes(&mut y, c, s, |plane, i, ch| {
+            for (y, &x) in plane.iter_mut().zip(&x[i * s..][..s]) {
+                *y = x * scale[ch] + shift[ch];
+            }
+        });
+        Ok((CpuStorage::F32(y), l1.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        scale: &Tensor,
+        shift: &Tensor,
+        _res: &Tensor,
+        grad_res: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let (b, c, s) = channel_dims(x.shape())?;
+        let name = self.name();
+        let (dx, dscale, dshift) = with_f32(name, x, |x| {
+            with_f32(name, grad_res, |dy| {
+                with_f32(name, scale, |scale| {
+                    let mut dx = vec![0.0f32; x.len()];
+                    for_planes(&mut dx, c, s, |plane, i, ch| {
+                        for (d, &g) in plane.iter_mut().zip(&dy[i * s..][..s]) {
+                            *d = g * scale[ch];
+                        }
+                    });
+                    let sums: Vec<(f32, f32)> = (0..c)
+                        .into_par_iter()
+                        .map(|ch| {
+                            let (mut sx, mut sd) = (0.0f64, 0.0f64);
+                            for i in 0..b {
+                                let off = (i * c + ch) * s;
+                                sx += dot_f64(&dy[off..][..s], &x[off..][..s]);
+                                sd += sum_f64(&dy[off..][..s]);
+                            }
+                            (sx as f32, sd as f32)
+                        })
+                        .collect();
+                    Ok((
+                        dx,
+                        sums.iter().map(|p| p.0).collect::<Vec<_>>(),
+                        sums.iter().map(|p| p.1).collect::<Vec<_>>(),
+                    ))
+                })
+            })
+        })?;
+        Ok((
+            Some(cpu_tensor(dx, x.shape())?),
+            Some(cpu_tensor(dscale, scale.shape())?),
+            Some(cpu_tensor(dshift, shift.shape())?),
+        ))
+    }
+}
