@@ -115,3 +115,72 @@ fn same_seed_same_run() {
         .collect();
     assert_eq!(losses[0], losses[1]);
 }
+
+/// `--pretrained`: a new run starts from another run's weights, all but the classifier; a model
+/// the weights do not fit is refused by name.
+#[test]
+fn pretrained_weights_start_a_new_run() {
+    let device = Device::Cpu;
+    let dir = tempfile::tempdir().unwrap();
+    let first = RunDir::create(&dir.path().join("first")).unwrap();
+    let cfg = TrainConfig::from_toml(common::TINY_CONFIG).unwrap();
+    let source = Trainer::new(cfg.clone(), &device)
+        .unwrap()
+        .run(&first, false, &TrainControl::default(), &mut Silent)
+        .unwrap()
+        .model;
+    let mut other = cfg.clone();
+    other.seed = 99;
+    let mut trainer = Trainer::new(other, &device).unwrap();
+    let loaded = load_model(first.path(), &device).unwrap();
+    trainer
+        .load_pretrained(&loaded.params().tensors().unwrap())
+        .unwrap();
+    let (a, b) = (
+        source.params().tensors().unwrap(),
+        trainer.model().params().tensors().unwrap(),
+    );
+    let values = |t: &Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    for (name, t) in &a {
+        if name.starts_with("head.") {
+            assert_ne!(values(t), values(&b[name]), "{name}: the classifier is new");
+        } else {
+            assert_eq!(values(t), values(&b[name]), "{name}");
+        }
+    }
+    // A wider model does not take these weights.
+    let mut wide = cfg;
+    wide.model.args.insert("embed_dim".into(), 32.into());
+    let mut trainer = Trainer::new(wide, &device).unwrap();
+    assert!(trainer
+        .load_pretrained(&loaded.params().tensors().unwrap())
+        .is_err());
+    // The flag reaches the run through the command line.
+    let config = dir.path().join("tiny.toml");
+    std::fs::write(&config, common::TINY_CONFIG).unwrap();
+    let out = common::multimix(&[
+        "train",
+        "--config",
+        config.to_str().unwrap(),
+        "--pretrained",
+        first.path().to_str().unwrap(),
+        "--out",
+        dir.path().join("second").to_str().unwrap(),
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success() && err.contains("starting from"),
+        "{err}"
+    );
+    let bad = common::multimix(&[
+        "train",
+        "--config",
+        config.to_str().unwrap(),
+        "--pretrained",
+        "/nonexistent/run",
+        "--out",
+        dir.path().join("third").to_str().unwrap(),
+    ]);
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("--pretrained /nonexistent/run"));
+    assert!(!dir.path().join("third").exists());
+}

@@ -2,13 +2,14 @@
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
+use multimix::checkpoint::load_model;
 use multimix::evaluation::{evaluate_model, write_report};
 use multimix_augment::{AttnNorm, AttnQuery, MixMode, Pairing};
 use multimix_recipes::config::{MixMethod, OptimizerKind, ScheduleKind, TrainConfig};
 use multimix_recipes::progress::Bar;
 use multimix_recipes::run::RunDir;
 use multimix_recipes::train::{TrainControl, Trainer};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 /// Options of `multimix train`; each overrides the same key of `--config`.
 #[derive(Debug, Args)]
@@ -86,6 +87,10 @@ pub struct TrainArgs {
     /// Clip the gradient to this global L2 norm.
     #[arg(long)]
     clip_grad: Option<f64>,
+    /// Start from a checkpoint's weights, all but the classifier: a run directory, a timm
+    /// directory, hf-hub:owner/name[@revision] or a zoo name (multimix zoo list).
+    #[arg(long)]
+    pretrained: Option<String>,
     /// Epochs.
     #[arg(long)]
     epochs: Option<usize>,
@@ -153,6 +158,7 @@ impl TrainArgs {
             schedule => schedule.name,
             warmup_epochs => schedule.warmup_epochs,
             clip_grad => optim.clip_grad,
+            pretrained => train.pretrained,
             epochs => train.epochs,
             max_steps => train.max_steps,
             batch_size => train.batch_size,
@@ -209,7 +215,20 @@ pub fn run(args: TrainArgs) -> Result<()> {
             (run, trainer, true)
         }
         None => {
-            let trainer = Trainer::new(args.config()?, &device)?;
+            let mut trainer = Trainer::new(args.config()?, &device)?;
+            if let Some(spec) = trainer.config().train.pretrained.clone() {
+                let source = load_model(Path::new(&spec), &device)
+                    .with_context(|| format!("--pretrained {spec}"))?;
+                trainer
+                    .load_pretrained(&source.params().tensors()?)
+                    .with_context(|| {
+                        format!(
+                            "--pretrained {spec} does not fit the model `{}`: choose the matching --model",
+                            trainer.config().model.architecture
+                        )
+                    })?;
+                eprintln!("starting from {spec} (all weights but the classifier)");
+            }
             let path = args
                 .out
                 .clone()

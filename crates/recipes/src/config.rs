@@ -365,6 +365,10 @@ pub struct LoopConfig {
     pub max_steps: Option<usize>,
     /// Images per training batch.
     pub batch_size: usize,
+    /// Start from these weights, all but the classifier (a run directory, a timm directory,
+    /// `hf-hub:owner/name[@revision]` or a zoo name); the configured model must match them.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pretrained: Option<String>,
 }
 
 impl Default for LoopConfig {
@@ -372,6 +376,7 @@ impl Default for LoopConfig {
         Self {
             epochs: 12,
             max_steps: None,
+            pretrained: None,
             batch_size: 128,
         }
     }

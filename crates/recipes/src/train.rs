@@ -445,6 +445,18 @@ impl Trainer {
         &self.model
     }
 
+    /// Start from pretrained weights: every tensor but the classifier's (kept at its fresh
+    /// initialization, for the data's class count), adapted as timm adapts checkpoints
+    /// (resampled position embeddings, first convolution for other channel counts). The EMA
+    /// teacher, if any, starts from the same weights.
+    pub fn load_pretrained(&mut self, tensors: &BTreeMap<String, Tensor>) -> Result<()> {
+        self.model.load_weights_new_head(tensors)?;
+        if let Some(t) = self.teacher.as_mut() {
+            *t = Teacher::new(&self.model, self.cfg.distill.ema_momentum, &self.device)?;
+        }
+        Ok(())
+    }
+
     /// Train, writing the run directory as it goes: `config.toml` first, then after every epoch
     /// a checkpoint, the weights and `metrics.jsonl`. With `resume`, continue from the run's
     /// `checkpoint.safetensors` exactly where it stopped, at an epoch's end or (after an
