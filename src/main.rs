@@ -4,7 +4,7 @@ mod cli;
 
 /// Keep freed memory in the process: candle allocates a fresh buffer for every op, and glibc's
 /// defaults return large blocks to the OS after each free, so every step page-faults its
-/// working set back in (see BENCHMARKS.md). Equivalent to
+/// working set back in. Equivalent to
 /// `GLIBC_TUNABLES=glibc.malloc.mmap_threshold=33554432:glibc.malloc.trim_threshold=…`.
 fn tune_allocator() {
     #[cfg(target_env = "gnu")]

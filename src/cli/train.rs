@@ -20,7 +20,8 @@ pub struct TrainArgs {
     /// The run directory (default: runs/<architecture>-<method>-s<seed>-<time>).
     #[arg(long)]
     out: Option<PathBuf>,
-    /// Data spec: fashion-mnist-mini (default), fashion-mnist, idx:DIR.
+    /// Data spec: fashion-mnist-mini (default), mnist-mini, fashion-mnist, idx:DIR, cifar10:DIR,
+    /// cifar100:DIR, folder:DIR[@HxW].
     #[arg(long)]
     data: Option<String>,
     /// Architecture (e.g. vit_mini_patch7_28, vit_tiny_patch16_224).
