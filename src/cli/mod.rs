@@ -1,5 +1,6 @@
 //! Command-line parsing and the subcommands.
 
+mod det_metrics;
 mod eval;
 mod train;
 
@@ -23,6 +24,8 @@ enum Command {
     Train(Box<train::TrainArgs>),
     /// Evaluate a saved run and rewrite its report.
     Eval(eval::EvalArgs),
+    /// COCO box AP, AP50, AP75 of a results file against a ground-truth file (as pycocotools).
+    DetMetrics(det_metrics::DetMetricsArgs),
 }
 
 /// Parse the command line and run the subcommand.
@@ -30,6 +33,7 @@ pub fn run() -> Result<()> {
     match Cli::parse().command {
         Command::Train(args) => train::run(*args),
         Command::Eval(args) => eval::run(args),
+        Command::DetMetrics(args) => det_metrics::run(args),
     }
 }
 

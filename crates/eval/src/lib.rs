@@ -5,6 +5,7 @@
 
 pub mod attacks;
 pub mod calibration;
+pub mod detection;
 pub mod ood_metrics;
 pub mod report;
 pub mod suite;
