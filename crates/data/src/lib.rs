@@ -5,6 +5,7 @@
 //! download; see `assets/README.md` for their sources and licenses.
 
 pub mod dataset;
+pub mod detection;
 pub mod error;
 pub mod idx;
 pub mod loader;
