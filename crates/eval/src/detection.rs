@@ -225,7 +225,7 @@ struct ImageEval {
 
 /// Greedy matching of one image and category (`COCOeval.evaluateImg` with area "all").
 fn evaluate_image(gts: &[&GtBox], dts: &[&Detection], thresholds: &[f64]) -> ImageEval {
-    let in_range = |a: f64| a >= AREA_ALL[0] && a <= AREA_ALL[1];
+    let in_range = |a: f64| (AREA_ALL[0]..=AREA_ALL[1]).contains(&a);
     let ignore = |g: &GtBox| g.iscrowd || !in_range(g.area.unwrap_or(g.bbox[2] * g.bbox[3]));
     // Ground truth not ignored first (a stable sort, as numpy's mergesort).
     let mut gts: Vec<&GtBox> = gts.to_vec();
@@ -451,7 +451,10 @@ mod tests {
             annotations: vec![],
             ..gt.clone()
         };
-        assert_eq!(coco_ap(&empty, &[det.clone()]).unwrap().ap, -1.0);
+        assert_eq!(
+            coco_ap(&empty, std::slice::from_ref(&det)).unwrap().ap,
+            -1.0
+        );
         let stranger = Detection { image_id: 9, ..det };
         assert!(coco_ap(&gt, &[stranger]).is_err());
     }
