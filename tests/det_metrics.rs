@@ -64,3 +64,44 @@ fn bad_files_name_the_file_and_the_problem() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("image 7"), "{err}");
 }
+
+#[test]
+fn train_task_detection_reports_coco_ap() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("tiny.toml");
+    std::fs::write(&config, common::TINY_CONFIG).unwrap();
+    let out_dir = dir.path().join("det");
+    let out = common::multimix(&[
+        "train",
+        "--task",
+        "detection",
+        "--config",
+        &config.display().to_string(),
+        "--out",
+        &out_dir.display().to_string(),
+        "--det-images",
+        "16",
+        "--det-test-images",
+        "4",
+        "--batch-size",
+        "8",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: Value =
+        serde_json::from_str(&std::fs::read_to_string(out_dir.join("report.json")).unwrap())
+            .unwrap();
+    assert_eq!(report["task"], "detection");
+    for key in ["ap", "ap50", "ap75"] {
+        let v = report[key].as_f64().unwrap();
+        assert!((-1.0..=1.0).contains(&v), "{key} = {v}");
+    }
+    assert!(out_dir.join("model.safetensors").is_file());
+    assert!(out_dir.join("config.toml").is_file());
+    let bad = common::multimix(&["train", "--init", "nowhere", "--max-steps", "1"]);
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("--task detection"));
+}

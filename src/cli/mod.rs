@@ -1,6 +1,7 @@
 //! Command-line parsing and the subcommands.
 
 mod det_metrics;
+mod detect;
 mod eval;
 mod train;
 
