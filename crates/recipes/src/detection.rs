@@ -137,25 +137,21 @@ impl CenterNetHead {
     }
 }
 
-/// CenterNet's `gaussian_radius`: the radius (in cells) within which a corner shift keeps IoU
-/// `min_overlap` with a `height × width` box (the three quadratic cases, smallest root).
+/// CenterNet's `gaussian_radius` (kept as CenterNet computes it, which differs from CornerNet's
+/// derivation): the smallest of three quadratic roots for a `height × width` box (in cells) and
+/// the IoU `min_overlap` a shifted box must keep.
 pub fn gaussian_radius(height: f64, width: f64, min_overlap: f64) -> f64 {
-    let root = |a: f64, b: f64, c: f64| (b + (b * b - 4.0 * a * c).sqrt()) / 2.0;
-    let r1 = root(
-        1.0,
-        height + width,
-        width * height * (1.0 - min_overlap) / (1.0 + min_overlap),
-    );
-    let r2 = root(
-        4.0,
-        2.0 * (height + width),
-        (1.0 - min_overlap) * width * height,
-    );
-    let r3 = root(
-        4.0 * min_overlap,
-        -2.0 * min_overlap * (height + width),
-        (min_overlap - 1.0) * width * height,
-    );
+    let disc = |a: f64, b: f64, c: f64| (b * b - 4.0 * a * c).sqrt();
+    let (sum, area) = (height + width, height * width);
+    // Both corners shifted outward or inward in one direction.
+    let c1 = area * (1.0 - min_overlap) / (1.0 + min_overlap);
+    let r1 = (sum - disc(1.0, sum, c1)) / 2.0;
+    // Both corners shifted inward.
+    let c2 = (1.0 - min_overlap) * area;
+    let r2 = (2.0 * sum - disc(4.0, 2.0 * sum, c2)) / 8.0;
+    // Both corners shifted outward.
+    let (a3, b3) = (4.0 * min_overlap, -2.0 * min_overlap * sum);
+    let r3 = (b3 + disc(a3, b3, (min_overlap - 1.0) * area)) / (2.0 * a3);
     r1.min(r2).min(r3)
 }
 
@@ -259,8 +255,8 @@ pub fn focal_loss(logits: &Tensor, target: &Tensor) -> candle_core::Result<Tenso
     let pos_loss = ((1.0 - &p)?.sqr()? * log_p)?.mul(&pos)?;
     let neg_weight = (1.0 - target)?.sqr()?.sqr()?.mul(&neg)?;
     let neg_loss = (p.sqr()? * log_1mp)?.mul(&neg_weight)?;
-    let num_pos = pos.sum_all()?.to_scalar::<f32>()?;
-    (pos_loss + neg_loss)?.sum_all()?.neg()? / f64::from(num_pos.max(1.0))
+    let num_pos = pos.sum_all()?.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+    (pos_loss + neg_loss)?.sum_all()?.neg()? / num_pos.max(1.0)
 }
 
 /// CenterNet's `RegL1Loss`: `Σ |pred - target| / (2N + 1e-4)` over the `N` centers.
@@ -893,4 +889,82 @@ pub fn train_detection(
         train_ap,
         test_ap,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gaussian_radius_is_centernets() {
+        // Values of CenterNet's `gaussian_radius((h, w), 0.7)` (src/lib/utils/image.py), run
+        // once with numpy 2.
+        for (h, w, want) in [
+            (3.0, 3.0, 0.24500996019888666),
+            (4.0, 2.0, 0.2154767421334871),
+            (10.0, 25.0, 1.1465468371272252),
+            (96.0, 40.0, 4.538160274687531),
+        ] {
+            let got = gaussian_radius(h, w, 0.7);
+            assert!((got - want).abs() < 1e-12, "({h}, {w}): {got} vs {want}");
+        }
+    }
+
+    #[test]
+    fn gaussians_peak_at_one_and_keep_the_maximum() {
+        let mut map = vec![0f32; 5 * 5];
+        draw_gaussian(&mut map, (5, 5), (0, 0), 2);
+        assert_eq!(map[0], 1.0);
+        // σ = 5/6: one cell away exp(-1 / (2σ²)).
+        let sigma = 5.0f64 / 6.0;
+        assert!((f64::from(map[1]) - (-1.0 / (2.0 * sigma * sigma)).exp()).abs() < 1e-6);
+        assert_eq!(map[3], 0.0);
+        let before = map.clone();
+        draw_gaussian(&mut map, (5, 5), (4, 4), 1);
+        assert_eq!(map[24], 1.0);
+        assert_eq!(map[0..5], before[0..5]);
+    }
+
+    #[test]
+    fn targets_put_one_peak_per_object_with_its_size_and_offset() {
+        let boxes = [ObjectBox {
+            class: 1,
+            bbox: [10.0, 3.0, 14.0, 7.0],
+        }];
+        let t = build_targets(&[&boxes], (4, 4), 8.0, 2, 0.7, &Device::Cpu).unwrap();
+        let heat: Vec<f32> = t.heatmap.flatten_all().unwrap().to_vec1().unwrap();
+        // Center (17, 6.5) pixels = cell (2, 0), offset (0.125, 0.8125).
+        assert_eq!(heat.iter().filter(|v| **v == 1.0).count(), 1);
+        assert_eq!(heat[2 * 2 + 1], 1.0);
+        assert_eq!(t.centers.to_vec1::<u32>().unwrap(), vec![2]);
+        assert_eq!(t.size.to_vec2::<f32>().unwrap(), vec![vec![1.75, 0.875]]);
+        assert_eq!(
+            t.offset.to_vec2::<f32>().unwrap(),
+            vec![vec![0.125, 0.8125]]
+        );
+    }
+
+    #[test]
+    fn decoding_inverts_the_targets() {
+        let (h, w) = (4, 4);
+        let mut heat = vec![-9f32; h * w * 2];
+        heat[5 * 2] = 4.0; // class 0 at cell (1, 1)
+        let mut size = vec![0f32; h * w * 2];
+        let mut offset = vec![0f32; h * w * 2];
+        size[10..12].copy_from_slice(&[2.0, 1.0]);
+        offset[10..12].copy_from_slice(&[0.5, 0.25]);
+        let t = |v: Vec<f32>, c: usize| Tensor::from_vec(v, (1, h * w, c), &Device::Cpu).unwrap();
+        let out = HeadOutput {
+            heatmap: t(heat, 2),
+            size: t(size, 2),
+            offset: t(offset, 2),
+        };
+        let dets = decode(&out, (h, w), 8.0, 3).unwrap();
+        assert_eq!(dets[0].len(), 3);
+        let best = dets[0][0];
+        assert_eq!(best.class, 0);
+        // Center ((1 + 0.5)·8, (1 + 0.25)·8) = (12, 10), size (16, 8).
+        assert_eq!(best.bbox, [4.0, 6.0, 16.0, 8.0]);
+        assert!((best.score - 1.0 / (1.0 + (-4f32).exp())).abs() < 1e-6);
+    }
 }
