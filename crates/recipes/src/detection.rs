@@ -646,8 +646,9 @@ fn build_optimizer(
 }
 
 /// Build the detector: the backbone of `cfg.model` (or of `det.init`, its weights loaded and
-/// its position embeddings resampled to the canvas) at the canvas size, and a new head.
-fn build_detector(
+/// its position embeddings resampled to the canvas) at the canvas size, and a new head drawn
+/// from `rng`. `cfg.model` is set to the resolved backbone configuration.
+pub fn build_detector(
     cfg: &mut TrainConfig,
     det: &DetectionConfig,
     train: &DetectionSet,

@@ -77,3 +77,70 @@ fn overfits_a_tiny_synthetic_set_deterministically() {
         assert_eq!(diff.to_scalar::<f32>().unwrap(), 0.0, "{k}");
     }
 }
+
+/// `--init`: the backbone of a classification checkpoint (28×28 inputs, a 4×4 token grid) is
+/// loaded into the detector (56×56 canvases, 8×8 grid), its position embeddings resampled; the
+/// classifier is left out and the head is new.
+#[test]
+fn init_loads_a_classification_backbone() {
+    use multimix_backbones::{Model, ModelConfig};
+    use multimix_data::detection::{synthetic, SyntheticConfig};
+    use multimix_data::DataSpec;
+    use multimix_hub::checkpoint::save_safetensors;
+    use multimix_recipes::detection::{build_detector, resample_pos_embed};
+    use multimix_recipes::train::META_MODEL_CONFIG;
+    use rand::SeedableRng;
+
+    let (mut cfg, mut det) = tiny();
+    let dir = std::env::temp_dir().join(format!("multimix-det-init-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let cls_cfg = ModelConfig::from_preset("vit_mini_patch7_28", &cfg.model.args).unwrap();
+    let cls = Model::new(&cls_cfg, &Device::Cpu, 11).unwrap();
+    let weights = cls.params().tensors().unwrap();
+    let meta = std::collections::BTreeMap::from([(
+        META_MODEL_CONFIG.to_string(),
+        serde_json::to_string(cls.config()).unwrap(),
+    )]);
+    save_safetensors(&dir.join("model.safetensors"), &weights, &meta).unwrap();
+    det.init = Some(dir.clone());
+    let source = "fashion-mnist-mini"
+        .parse::<DataSpec>()
+        .unwrap()
+        .load()
+        .unwrap()
+        .train
+        .unwrap();
+    let sc = SyntheticConfig {
+        count: 4,
+        canvas: det.canvas,
+        ..SyntheticConfig::default()
+    };
+    let train = synthetic(&source, &sc, 0).unwrap();
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0);
+    let detector = build_detector(&mut cfg, &det, &train, &mut rng, &Device::Cpu).unwrap();
+    let loaded = detector.model.params().tensors().unwrap();
+    let same = |a: &candle_core::Tensor, b: &candle_core::Tensor| {
+        let d = (a - b).unwrap().abs().unwrap().sum_all().unwrap();
+        d.to_scalar::<f32>().unwrap() == 0.0
+    };
+    for name in [
+        "blocks.0.attn.qkv.weight",
+        "patch_embed.proj.weight",
+        "norm.weight",
+    ] {
+        assert!(same(&loaded[name], &weights[name]), "{name} not loaded");
+    }
+    let want = resample_pos_embed(&weights["pos_embed"], 0, 8).unwrap();
+    assert_eq!(loaded["pos_embed"].dims(), &[1, 64, 32]);
+    assert!(same(&loaded["pos_embed"], &want));
+    assert!(!same(&loaded["head.weight"], &weights["head.weight"]));
+    assert_eq!(cfg.model.mean, Some(cls.config().mean.clone()));
+
+    det.init = Some(dir.join("missing"));
+    let err = build_detector(&mut cfg, &det, &train, &mut rng, &Device::Cpu)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(err.contains("missing"), "{err}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
