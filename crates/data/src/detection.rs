@@ -1,10 +1,12 @@
-//! Object detection data: images with labelled boxes, and a synthetic set built offline by
-//! placing Fashion-MNIST objects on larger canvases (deterministic from the seed).
+//! Object detection data: images with labelled boxes; readers of COCO JSON (with an image
+//! folder) and Pascal VOC XML; and a synthetic set built offline by placing Fashion-MNIST
+//! objects on larger canvases (deterministic from the seed).
 
 use crate::dataset::Dataset;
 use crate::error::{DataError, Result};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
+use std::path::{Path, PathBuf};
 
 /// One labelled box.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -197,6 +199,275 @@ pub fn synthetic(source: &Dataset, cfg: &SyntheticConfig, seed: u64) -> Result<D
         height: side,
         width: side,
         class_names: source.class_names.clone(),
+    })
+}
+
+/// How files read from disk are shaped: every image is resized to `size × size` (bilinear,
+/// boxes scaled with it) and converted to `channels` (1: luma, 3: RGB).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ImageShape {
+    /// Side of the square images.
+    pub size: usize,
+    /// 1 or 3.
+    pub channels: usize,
+}
+
+fn format_error(path: &Path, message: impl Into<String>) -> DataError {
+    DataError::Format {
+        path: path.to_path_buf(),
+        message: message.into(),
+    }
+}
+
+/// Decode an image file and shape it (planes `C × size × size`); also its original width and
+/// height.
+fn load_image(path: &Path, shape: ImageShape) -> Result<(Vec<u8>, u32, u32)> {
+    let bytes = std::fs::read(path).map_err(|source| DataError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let img = image::load_from_memory(&bytes)
+        .map_err(|e| format_error(path, format!("not a decodable PNG or JPEG image: {e}")))?;
+    let (w, h) = (img.width(), img.height());
+    let side = shape.size as u32;
+    let img = img.resize_exact(side, side, image::imageops::FilterType::Triangle);
+    let pixels = match shape.channels {
+        1 => img.to_luma8().into_raw(),
+        3 => {
+            let hwc = img.to_rgb8().into_raw();
+            let n = shape.size * shape.size;
+            (0..3)
+                .flat_map(|c| (0..n).map(move |i| (c, i)))
+                .map(|(c, i)| hwc[i * 3 + c])
+                .collect()
+        }
+        c => {
+            return Err(DataError::Invalid(format!(
+                "{c} channels requested: images are read as 1 (gray) or 3 (RGB) channels"
+            )))
+        }
+    };
+    Ok((pixels, w, h))
+}
+
+/// Scale a box of an image `w × h` to the `size × size` image.
+fn scale_box(b: [f32; 4], w: u32, h: u32, size: usize) -> [f32; 4] {
+    let (sx, sy) = (size as f32 / w as f32, size as f32 / h as f32);
+    [b[0] * sx, b[1] * sy, b[2] * sx, b[3] * sy]
+}
+
+#[derive(serde::Deserialize)]
+struct CocoFile {
+    images: Vec<CocoImage>,
+    annotations: Vec<CocoAnnotation>,
+    categories: Vec<CocoCategory>,
+}
+
+#[derive(serde::Deserialize)]
+struct CocoImage {
+    id: i64,
+    file_name: String,
+}
+
+#[derive(serde::Deserialize)]
+struct CocoAnnotation {
+    image_id: i64,
+    category_id: i64,
+    bbox: [f32; 4],
+    #[serde(default)]
+    iscrowd: u8,
+}
+
+#[derive(serde::Deserialize)]
+struct CocoCategory {
+    id: i64,
+    name: String,
+}
+
+/// A COCO detection set: the `annotations` JSON file (`images` with `file_name`, `annotations`
+/// with `bbox` `[x, y, w, h]`, `categories`) and the folder of its images. Classes are the
+/// categories in increasing id order; crowd annotations are left out (a [`DetectionSet`] has no
+/// ignore regions).
+pub fn read_coco(annotations: &Path, image_dir: &Path, shape: ImageShape) -> Result<DetectionSet> {
+    let text = std::fs::read_to_string(annotations).map_err(|source| DataError::Io {
+        path: annotations.to_path_buf(),
+        source,
+    })?;
+    let file: CocoFile = serde_json::from_str(&text)
+        .map_err(|e| format_error(annotations, format!("not a COCO annotations file: {e}")))?;
+    let mut categories: Vec<&CocoCategory> = file.categories.iter().collect();
+    categories.sort_by_key(|c| c.id);
+    let class_of = |id: i64| categories.iter().position(|c| c.id == id);
+    let mut images = Vec::new();
+    let mut boxes = Vec::with_capacity(file.images.len());
+    for im in &file.images {
+        let path = image_dir.join(&im.file_name);
+        let (pixels, w, h) = load_image(&path, shape)?;
+        images.extend(pixels);
+        let mut list = Vec::new();
+        for a in file.annotations.iter().filter(|a| a.image_id == im.id) {
+            let class = class_of(a.category_id).ok_or_else(|| {
+                format_error(
+                    annotations,
+                    format!(
+                        "an annotation of image {} has category {} which is not in `categories`",
+                        im.id, a.category_id
+                    ),
+                )
+            })?;
+            if a.iscrowd == 0 {
+                list.push(ObjectBox {
+                    class: class as u32,
+                    bbox: scale_box(a.bbox, w, h, shape.size),
+                });
+            }
+        }
+        boxes.push(list);
+    }
+    Ok(DetectionSet {
+        name: format!("coco:{}", annotations.display()),
+        images,
+        boxes,
+        channels: shape.channels,
+        height: shape.size,
+        width: shape.size,
+        class_names: categories.iter().map(|c| c.name.clone()).collect(),
+    })
+}
+
+/// The text inside each `<tag>…</tag>` (or `<tag attr="…">…</tag>`) of `xml`, outermost first.
+/// Enough for Pascal VOC's annotation files, which have no repeated nesting of one tag.
+fn xml_elements<'a>(xml: &'a str, tag: &str) -> Vec<&'a str> {
+    let (open, close) = (format!("<{tag}"), format!("</{tag}>"));
+    let mut out = Vec::new();
+    let mut rest = xml;
+    while let Some(start) = rest.find(&open) {
+        let after = &rest[start + open.len()..];
+        // `<tag>` or `<tag ...>`, not `<tagname>`.
+        if !after.starts_with('>') && !after.starts_with(char::is_whitespace) {
+            rest = after;
+            continue;
+        }
+        let Some(gt) = after.find('>') else { break };
+        let body = &after[gt + 1..];
+        let Some(end) = body.find(&close) else { break };
+        out.push(&body[..end]);
+        rest = &body[end + close.len()..];
+    }
+    out
+}
+
+/// XML's five predefined entities decoded.
+fn xml_text(s: &str) -> String {
+    s.trim()
+        .replace("&lt;", "<")
+        .replace("&gt;", ">")
+        .replace("&quot;", "\"")
+        .replace("&apos;", "'")
+        .replace("&amp;", "&")
+}
+
+fn xml_number(xml: &str, tag: &str, path: &Path) -> Result<f32> {
+    let text = xml_elements(xml, tag)
+        .first()
+        .map(|t| xml_text(t))
+        .ok_or_else(|| format_error(path, format!("missing <{tag}>")))?;
+    text.parse()
+        .map_err(|_| format_error(path, format!("<{tag}> is `{text}`, not a number")))
+}
+
+/// A Pascal VOC detection set: `root/Annotations/*.xml` (in file-name order) and
+/// `root/JPEGImages/`. Boxes are VOC's 1-based inclusive pixel corners, converted to
+/// `[xmin - 1, ymin - 1, xmax - xmin + 1, ymax - ymin + 1]`; `difficult` objects are left out (as
+/// VOC's evaluation ignores them); classes are the object names in sorted order.
+pub fn read_voc(root: &Path, shape: ImageShape) -> Result<DetectionSet> {
+    let dir = root.join("Annotations");
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .map_err(|source| DataError::Io {
+            path: dir.clone(),
+            source,
+        })?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "xml"))
+        .collect();
+    files.sort();
+    if files.is_empty() {
+        return Err(DataError::NotFound(format!(
+            "{} holds no .xml annotation files: is {} a Pascal VOC folder?",
+            dir.display(),
+            root.display()
+        )));
+    }
+    let mut parsed = Vec::with_capacity(files.len());
+    for path in &files {
+        let xml = std::fs::read_to_string(path).map_err(|source| DataError::Io {
+            path: path.clone(),
+            source,
+        })?;
+        let annotation = xml_elements(&xml, "annotation");
+        let annotation = annotation.first().ok_or_else(|| {
+            format_error(path, "no <annotation> element: not a VOC annotation file")
+        })?;
+        let filename = xml_elements(annotation, "filename")
+            .first()
+            .map(|t| xml_text(t))
+            .ok_or_else(|| format_error(path, "missing <filename>"))?;
+        let mut objects = Vec::new();
+        for obj in xml_elements(annotation, "object") {
+            let name = xml_elements(obj, "name")
+                .first()
+                .map(|t| xml_text(t))
+                .ok_or_else(|| format_error(path, "an <object> without <name>"))?;
+            let difficult = xml_elements(obj, "difficult")
+                .first()
+                .is_some_and(|d| xml_text(d) == "1");
+            let bndbox = xml_elements(obj, "bndbox");
+            let b = bndbox
+                .first()
+                .ok_or_else(|| format_error(path, format!("object `{name}` has no <bndbox>")))?;
+            let [x0, y0, x1, y1] = ["xmin", "ymin", "xmax", "ymax"].map(|t| xml_number(b, t, path));
+            let (x0, y0, x1, y1) = (x0?, y0?, x1?, y1?);
+            if x1 < x0 || y1 < y0 {
+                return Err(format_error(
+                    path,
+                    format!("object `{name}` has xmax < xmin or ymax < ymin"),
+                ));
+            }
+            if !difficult {
+                objects.push((name, [x0 - 1.0, y0 - 1.0, x1 - x0 + 1.0, y1 - y0 + 1.0]));
+            }
+        }
+        parsed.push((filename, objects));
+    }
+    let mut class_names: Vec<String> = parsed
+        .iter()
+        .flat_map(|(_, o)| o.iter().map(|(n, _)| n.clone()))
+        .collect();
+    class_names.sort();
+    class_names.dedup();
+    let mut images = Vec::new();
+    let mut boxes = Vec::with_capacity(parsed.len());
+    for (filename, objects) in parsed {
+        let (pixels, w, h) = load_image(&root.join("JPEGImages").join(&filename), shape)?;
+        images.extend(pixels);
+        boxes.push(
+            objects
+                .into_iter()
+                .map(|(n, b)| ObjectBox {
+                    class: class_names.iter().position(|c| *c == n).unwrap_or(0) as u32,
+                    bbox: scale_box(b, w, h, shape.size),
+                })
+                .collect(),
+        );
+    }
+    Ok(DetectionSet {
+        name: format!("voc:{}", root.display()),
+        images,
+        boxes,
+        channels: shape.channels,
+        height: shape.size,
+        width: shape.size,
+        class_names,
     })
 }
 
