@@ -30,6 +30,10 @@ pub struct DetectArgs {
     pub images: Option<usize>,
     /// Synthetic test canvases.
     pub test_images: Option<usize>,
+    /// Training files (`coco:DIR`, `voc:DIR`).
+    pub data: Option<String>,
+    /// Test files.
+    pub test_data: Option<String>,
 }
 
 /// Train the detector, write the run directory and print its path.
@@ -43,6 +47,8 @@ pub fn run(cfg: TrainConfig, args: DetectArgs, device: &str) -> Result<()> {
         init: args.init,
         train_images: args.images.unwrap_or(defaults.train_images),
         test_images: args.test_images.unwrap_or(defaults.test_images),
+        train_data: args.data,
+        test_data: args.test_data,
         ..defaults
     };
     let path = args.out.unwrap_or_else(|| {

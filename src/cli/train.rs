@@ -120,6 +120,13 @@ pub struct TrainArgs {
     /// Detection: synthetic test canvases (default 256).
     #[arg(long)]
     det_test_images: Option<usize>,
+    /// Detection: train on files instead: coco:DIR (DIR/annotations.json, DIR/images/) or
+    /// voc:DIR (Annotations/, JPEGImages/).
+    #[arg(long, requires = "det_test_data")]
+    det_data: Option<String>,
+    /// Detection: test files (same forms as --det-data).
+    #[arg(long, requires = "det_data")]
+    det_test_data: Option<String>,
 }
 
 /// Parse a flag value as the configuration file spells it (the enum's serde names).
@@ -215,11 +222,17 @@ pub fn run(args: TrainArgs) -> Result<()> {
             resume: args.resume.is_some(),
             images: args.det_images,
             test_images: args.det_test_images,
+            data: args.det_data.clone(),
+            test_data: args.det_test_data.clone(),
         };
         return super::detect::run(args.config()?, det, &args.device);
     }
-    if args.init.is_some() || args.det_images.is_some() || args.det_test_images.is_some() {
-        bail!("--init, --det-images and --det-test-images need --task detection");
+    if args.init.is_some()
+        || args.det_images.is_some()
+        || args.det_test_images.is_some()
+        || args.det_data.is_some()
+    {
+        bail!("--init and the --det-* options need --task detection");
     }
     let device = super::device(&args.device)?;
     let (run, trainer, resume) = match &args.resume {

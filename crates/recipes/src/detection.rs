@@ -22,7 +22,9 @@ use crate::train::{build_schedule, META_MODEL_CONFIG};
 use candle_core::{DType, Device, Tensor, D};
 use multimix_backbones::layers::Linear;
 use multimix_backbones::{ops, Ctx, Init, Model, ModelConfig, ParamStore};
-use multimix_data::detection::{synthetic, DetectionSet, ObjectBox, SyntheticConfig};
+use multimix_data::detection::{
+    read_coco, read_voc, synthetic, DetectionSet, ImageShape, ObjectBox, SyntheticConfig,
+};
 use multimix_data::loader::epoch_order;
 use multimix_data::DataSpec;
 use multimix_eval::detection::{coco_ap, CocoAp, Detection, GroundTruth, GtBox, IdEntry};
@@ -61,6 +63,14 @@ pub struct DetectionConfig {
     /// A classification run directory whose backbone initializes the detector.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub init: Option<PathBuf>,
+    /// Training set from files instead of the synthetic canvases: `coco:DIR`
+    /// (`DIR/annotations.json` and `DIR/images/`) or `voc:DIR` (`Annotations/`, `JPEGImages/`);
+    /// images are resized to the canvas.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub train_data: Option<String>,
+    /// Test set from files (same forms); required with `train_data`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub test_data: Option<String>,
 }
 
 impl Default for DetectionConfig {
@@ -76,6 +86,8 @@ impl Default for DetectionConfig {
             min_overlap: 0.7,
             top_k: 100,
             init: None,
+            train_data: None,
+            test_data: None,
         }
     }
 }
@@ -563,6 +575,76 @@ pub fn resample_pos_embed(pos: &Tensor, prefix: usize, new_grid: usize) -> Resul
     )
 }
 
+/// Read a detection set named `coco:DIR` or `voc:DIR`, images shaped to `shape`.
+pub fn read_detection_spec(spec: &str, shape: ImageShape) -> Result<DetectionSet> {
+    match spec.split_once(':') {
+        Some(("coco", dir)) if !dir.is_empty() => {
+            let dir = Path::new(dir);
+            Ok(read_coco(&dir.join("annotations.json"), &dir.join("images"), shape)?)
+        }
+        Some(("voc", dir)) if !dir.is_empty() => Ok(read_voc(Path::new(dir), shape)?),
+        _ => Err(RecipeError::Config(format!(
+            "detection data `{spec}`: expected coco:DIR (DIR/annotations.json, DIR/images/) or voc:DIR"
+        ))),
+    }
+}
+
+/// The training and test sets: files when `det.train_data` is set, else synthetic canvases of
+/// the data spec's training images (two seeds drawn from `rng`).
+fn detection_sets(
+    cfg: &TrainConfig,
+    det: &DetectionConfig,
+    rng: &mut ChaCha8Rng,
+    device: &Device,
+) -> Result<(DetectionSet, DetectionSet)> {
+    if let Some(train) = &det.train_data {
+        let test = det.test_data.as_deref().ok_or_else(|| {
+            RecipeError::Config(
+                "detection training data from files needs test data too (--det-test-data)".into(),
+            )
+        })?;
+        let channels = match &det.init {
+            Some(p) => load_init(p, device)?.0.arch.in_chans(),
+            None => ModelConfig::from_preset(&cfg.model.architecture, &cfg.model.args)?
+                .arch
+                .in_chans(),
+        };
+        let shape = ImageShape {
+            size: det.canvas,
+            channels,
+        };
+        let (train, test) = (
+            read_detection_spec(train, shape)?,
+            read_detection_spec(test, shape)?,
+        );
+        if train.class_names != test.class_names {
+            return Err(RecipeError::Config(format!(
+                "detection training classes {:?} differ from test classes {:?}",
+                train.class_names, test.class_names
+            )));
+        }
+        return Ok((train, test));
+    }
+    let spec: DataSpec = cfg.data.spec.parse()?;
+    let source = spec.load()?.train.ok_or_else(|| {
+        RecipeError::Config(format!(
+            "data `{spec}` has no training split to draw objects from"
+        ))
+    })?;
+    let synth = |count: usize, seed: u64| {
+        let sc = SyntheticConfig {
+            count,
+            canvas: det.canvas,
+            max_objects: det.max_objects,
+            ..SyntheticConfig::default()
+        };
+        synthetic(&source, &sc, seed)
+    };
+    let train = synth(det.train_images, rng.next_u64())?;
+    let test = synth(det.test_images, rng.next_u64())?;
+    Ok((train, test))
+}
+
 /// Per-channel mean and std of a detection set's pixels in [0, 1].
 fn mean_std(set: &DetectionSet) -> (Vec<f64>, Vec<f64>) {
     let hw = set.height * set.width;
@@ -719,7 +801,8 @@ pub fn build_detector(
     })
 }
 
-/// Train a CenterNet detector on the synthetic Fashion-MNIST canvases: `cfg` gives the seed,
+/// Train a CenterNet detector on the synthetic Fashion-MNIST canvases (or on COCO / VOC files,
+/// [`DetectionConfig::train_data`]): `cfg` gives the seed,
 /// model, optimizer, schedule, epochs, steps and batch size; `det` the detection options. With
 /// `run`, write `config.toml`, `metrics.jsonl`, `model.safetensors` (backbone and `det_head.*`)
 /// and `report.json` with AP, AP50, AP75 on the test canvases.
@@ -730,29 +813,16 @@ pub fn train_detection(
     run: Option<&RunDir>,
     progress: &mut dyn Progress,
 ) -> Result<DetectionOutcome> {
-    if cfg.train.batch_size == 0 || cfg.train.epochs == 0 || det.train_images == 0 {
+    if cfg.train.batch_size == 0
+        || cfg.train.epochs == 0
+        || (det.train_images == 0 && det.train_data.is_none())
+    {
         return Err(RecipeError::Config(
             "batch-size, epochs and training images must be at least 1".into(),
         ));
     }
-    let spec: DataSpec = cfg.data.spec.parse()?;
-    let source = spec.load()?.train.ok_or_else(|| {
-        RecipeError::Config(format!(
-            "data `{spec}` has no training split to draw objects from"
-        ))
-    })?;
     let mut rng = ChaCha8Rng::seed_from_u64(cfg.seed);
-    let synth = |count: usize, seed: u64| {
-        let sc = SyntheticConfig {
-            count,
-            canvas: det.canvas,
-            max_objects: det.max_objects,
-            ..SyntheticConfig::default()
-        };
-        synthetic(&source, &sc, seed)
-    };
-    let train = synth(det.train_images, rng.next_u64())?;
-    let test = synth(det.test_images, rng.next_u64())?;
+    let (train, test) = detection_sets(&cfg, det, &mut rng, device)?;
     let detector = build_detector(&mut cfg, det, &train, &mut rng, device)?;
     let mut params: Vec<NamedParam> = detector
         .model

@@ -144,3 +144,29 @@ fn init_loads_a_classification_backbone() {
     assert!(err.contains("missing"), "{err}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// Training and evaluating on COCO files (the data crate's reader fixtures) instead of the
+/// synthetic canvases; a bad spec is refused by name.
+#[test]
+fn trains_on_coco_files() {
+    let (mut cfg, mut det) = tiny();
+    cfg.train.epochs = 2;
+    let dir = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../data/tests/fixtures/det/coco"
+    );
+    det.train_data = Some(format!("coco:{dir}"));
+    det.test_data = Some(format!("coco:{dir}"));
+    let out = train_detection(cfg.clone(), &det, &Device::Cpu, None, &mut Silent).unwrap();
+    assert_eq!(out.metrics.len(), 2);
+    assert!((-1.0..=1.0).contains(&out.test_ap.ap50));
+    det.test_data = Some("yolo:somewhere".into());
+    let err = train_detection(cfg, &det, &Device::Cpu, None, &mut Silent)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        err.contains("yolo:somewhere") && err.contains("coco:DIR"),
+        "{err}"
+    );
+}
