@@ -1,5 +1,7 @@
 //! Command-line parsing and the subcommands.
 
+mod det_metrics;
+mod detect;
 mod eval;
 mod hub;
 mod infer;
@@ -40,6 +42,8 @@ enum Command {
     Zoo(zoo::ZooArgs),
     /// Logits (and features) of images from a checkpoint of this project or of timm.
     Infer(infer::InferArgs),
+    /// COCO box AP, AP50, AP75 of a results file against a ground-truth file (as pycocotools).
+    DetMetrics(det_metrics::DetMetricsArgs),
 }
 
 /// Parse the command line and run the subcommand.
@@ -52,6 +56,7 @@ pub fn run() -> Result<()> {
         Command::Hub(args) => hub::run(args),
         Command::Zoo(args) => zoo::run(args),
         Command::Infer(args) => infer::run(args),
+        Command::DetMetrics(args) => det_metrics::run(args),
     }
 }
 

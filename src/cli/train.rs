@@ -113,6 +113,26 @@ pub struct TrainArgs {
     /// Device: cpu, cuda, cuda:N.
     #[arg(long, default_value = "cpu")]
     device: String,
+    /// Task: classification, or detection (a CenterNet head on the dense outputs, trained on
+    /// synthetic canvases of the data's images; COCO AP in report.json).
+    #[arg(long, value_enum, default_value = "classification")]
+    task: super::detect::Task,
+    /// Detection: a classification run directory whose backbone initializes the detector.
+    #[arg(long)]
+    init: Option<PathBuf>,
+    /// Detection: synthetic training canvases (default 2048).
+    #[arg(long)]
+    det_images: Option<usize>,
+    /// Detection: synthetic test canvases (default 256).
+    #[arg(long)]
+    det_test_images: Option<usize>,
+    /// Detection: train on files instead: coco:DIR (DIR/annotations.json, DIR/images/) or
+    /// voc:DIR (Annotations/, JPEGImages/).
+    #[arg(long, requires = "det_test_data")]
+    det_data: Option<String>,
+    /// Detection: test files (same forms as --det-data).
+    #[arg(long, requires = "det_data")]
+    det_test_data: Option<String>,
 }
 
 /// Parse a flag value as the configuration file spells it (the enum's serde names).
@@ -202,6 +222,25 @@ impl TrainArgs {
 
 /// Train, evaluate, write the report, print the run directory.
 pub fn run(args: TrainArgs) -> Result<()> {
+    if args.task == super::detect::Task::Detection {
+        let det = super::detect::DetectArgs {
+            out: args.out.clone(),
+            init: args.init.clone(),
+            resume: args.resume.is_some(),
+            images: args.det_images,
+            test_images: args.det_test_images,
+            data: args.det_data.clone(),
+            test_data: args.det_test_data.clone(),
+        };
+        return super::detect::run(args.config()?, det, &args.device);
+    }
+    if args.init.is_some()
+        || args.det_images.is_some()
+        || args.det_test_images.is_some()
+        || args.det_data.is_some()
+    {
+        bail!("--init and the --det-* options need --task detection");
+    }
     let device = super::device(&args.device)?;
     let (run, trainer, resume) = match &args.resume {
         Some(dir) => {

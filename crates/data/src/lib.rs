@@ -7,6 +7,7 @@
 
 pub mod cifar;
 pub mod dataset;
+pub mod detection;
 pub mod error;
 pub mod folder;
 pub mod idx;

@@ -7,6 +7,7 @@
 
 pub mod attacks;
 pub mod calibration;
+pub mod detection;
 pub mod detectors;
 pub mod geometry;
 mod linalg;

@@ -4,6 +4,7 @@
 //! directory); [`train::train`] trains it, checkpointing every epoch, and resumes exactly.
 
 pub mod config;
+pub mod detection;
 pub mod ema;
 pub mod error;
 pub mod mixing;

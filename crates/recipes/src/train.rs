@@ -174,7 +174,11 @@ impl Teacher {
 }
 
 /// The schedule of the configuration for `total_steps` steps of `steps_per_epoch` per epoch.
-fn build_schedule(cfg: &TrainConfig, steps_per_epoch: usize, total_steps: usize) -> LrSchedule {
+pub(crate) fn build_schedule(
+    cfg: &TrainConfig,
+    steps_per_epoch: usize,
+    total_steps: usize,
+) -> LrSchedule {
     let s = &cfg.schedule;
     let warmup_steps = ((s.warmup_epochs * steps_per_epoch as f64).round() as usize)
         .min(total_steps.saturating_sub(1));
