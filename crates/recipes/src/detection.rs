@@ -10,15 +10,12 @@
 //! linear layers on each token): the tokens already see the whole image through attention, and
 //! every op is a matmul or an element-wise op with candle's own backward.
 
-use crate::config::{OptimizerKind, TrainConfig};
+use crate::config::TrainConfig;
 use crate::error::{RecipeError, Result};
-use crate::optim::{
-    clip_grad_norm, param_groups_weight_decay, AdamW, AdamWConfig, NamedParam, Optimizer, Sgd,
-    SgdConfig,
-};
+use crate::optim::{clip_grad_norm, NamedParam};
 use crate::progress::Progress;
 use crate::run::{EpochMetrics, RunDir, MODEL_FILE, REPORT_JSON};
-use crate::train::{build_schedule, META_MODEL_CONFIG};
+use crate::train::{build_schedule, optimizer_for, META_MODEL_CONFIG};
 use candle_core::{DType, Device, Tensor, D};
 use multimix_backbones::layers::Linear;
 use multimix_backbones::{ops, Ctx, Init, Model, ModelConfig, ParamStore};
@@ -662,34 +659,6 @@ pub struct DetectionReport {
     pub detection: DetectionConfig,
 }
 
-/// The optimizer of `cfg` over `params` (timm's weight-decay groups).
-fn build_optimizer(
-    cfg: &TrainConfig,
-    params: Vec<NamedParam>,
-    no_decay: &[&str],
-) -> Result<Box<dyn Optimizer>> {
-    let groups = param_groups_weight_decay(params, cfg.optim.weight_decay, no_decay);
-    let o = &cfg.optim;
-    Ok(match o.name {
-        OptimizerKind::Sgd => Box::new(Sgd::new(
-            groups,
-            SgdConfig {
-                momentum: o.momentum,
-                dampening: 0.0,
-                nesterov: o.nesterov,
-            },
-        )?),
-        OptimizerKind::Adamw => Box::new(AdamW::new(
-            groups,
-            AdamWConfig {
-                beta1: o.beta1,
-                beta2: o.beta2,
-                eps: o.eps,
-            },
-        )?),
-    })
-}
-
 /// Build the detector: the backbone of `cfg.model` (or of `det.init`, its weights loaded and
 /// its position embeddings resampled to the canvas) at the canvas size, and a new head drawn
 /// from `rng`. `cfg.model` is set to the resolved backbone configuration.
@@ -803,7 +772,7 @@ pub fn train_detection(
     let vars: Vec<_> = params.iter().map(|p| p.var.clone()).collect();
     let no_decay = detector.model.backbone().no_weight_decay();
     let no_decay: Vec<&str> = no_decay.iter().map(String::as_str).collect();
-    let mut opt = build_optimizer(&cfg, params, &no_decay)?;
+    let mut opt = optimizer_for(&cfg, params, &no_decay)?;
     let batch = cfg.train.batch_size.min(train.len());
     let steps_per_epoch = train.len().div_ceil(batch);
     let total_steps =

@@ -98,10 +98,19 @@ pub fn resolve_model(cfg: &mut TrainConfig, train: &Dataset) -> Result<ModelConf
 
 /// Build the optimizer of the configuration over the model's trainable parameters.
 fn build_optimizer(cfg: &TrainConfig, model: &Model) -> Result<Box<dyn Optimizer>> {
-    let params = named(model.params().trainable());
     let no_decay = model.backbone().no_weight_decay();
     let no_decay: Vec<&str> = no_decay.iter().map(String::as_str).collect();
-    let groups = param_groups_weight_decay(params, cfg.optim.weight_decay, &no_decay);
+    optimizer_for(cfg, named(model.params().trainable()), &no_decay)
+}
+
+/// The optimizer of `cfg` over `params` (timm's weight-decay groups: no decay on biases, norms
+/// and the names in `no_decay`).
+pub(crate) fn optimizer_for(
+    cfg: &TrainConfig,
+    params: Vec<NamedParam>,
+    no_decay: &[&str],
+) -> Result<Box<dyn Optimizer>> {
+    let groups = param_groups_weight_decay(params, cfg.optim.weight_decay, no_decay);
     let o = &cfg.optim;
     Ok(match o.name {
         OptimizerKind::Sgd => Box::new(Sgd::new(
