@@ -17,4 +17,5 @@ pub use multimix_hub as hub;
 pub use multimix_recipes as recipes;
 
 pub mod checkpoint;
+pub mod compare;
 pub mod evaluation;

@@ -426,3 +426,57 @@ fn timm_config_of_a_run_rebuilds_the_same_model() {
     );
     assert!(err.contains("no_such_arg"), "{err}");
 }
+
+/// `multimix eval` takes a hub reference (with --data and --out) like a run directory.
+#[test]
+fn eval_of_a_hub_checkpoint_writes_its_report() {
+    let hub = hub_with_timm_repos();
+    let home = tempfile::tempdir().unwrap();
+    let run_dir = home.path().join("run");
+    let config = tiny_run(&run_dir);
+    multimix_recipes::train::timm_config(&config)
+        .write(&run_dir.join("config.json"))
+        .unwrap();
+    let weights = std::fs::read(run_dir.join("model.safetensors")).unwrap();
+    let timm_json = std::fs::read(run_dir.join("config.json")).unwrap();
+    hub.put(
+        "owner/run",
+        &[("config.json", &timm_json), ("model.safetensors", &weights)],
+    );
+    let out = home.path().join("report");
+    let env = [("HF_ENDPOINT", hub.url()), ("HF_TOKEN", TOKEN)];
+    let args = [
+        "eval",
+        "--checkpoint",
+        "hf-hub:owner/run",
+        "--data",
+        "fashion-mnist-mini",
+    ];
+    let line = error_line(&run(&args, home.path(), &env));
+    assert!(line.contains("--out"), "{line}");
+    let mut with_out = args.to_vec();
+    with_out.extend(["--out", out.to_str().unwrap()]);
+    let done = run(&with_out, home.path(), &env);
+    assert!(
+        done.status.success(),
+        "{}",
+        String::from_utf8_lossy(&done.stderr)
+    );
+    let report: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("report.json")).unwrap()).unwrap();
+    assert!(report["accuracy"].as_f64().is_some() && report["ood"]["mnist"].is_object());
+    // A model whose head does not fit the data's classes is refused by name.
+    let timm = [
+        "eval",
+        "--checkpoint",
+        "hf-hub:owner/tiny",
+        "--data",
+        "fashion-mnist-mini",
+    ];
+    let mut timm = timm.to_vec();
+    let other = home.path().join("other");
+    timm.extend(["--out", other.to_str().unwrap()]);
+    let line = error_line(&run(&timm, home.path(), &env));
+    assert!(line.contains("10 classes"), "{line}");
+    assert!(!other.exists(), "nothing written for a failed evaluation");
+}

@@ -7,16 +7,21 @@ use multimix::evaluation::{default_options, evaluate_model_with, write_report};
 use multimix_data::{conform, DataSpec};
 use multimix_eval::detectors::Detector;
 use multimix_eval::Attack;
-use multimix_recipes::run::RunDir;
+use multimix_recipes::run::{RunDir, CONFIG_FILE};
+use multimix_recipes::TrainConfig;
 use std::path::PathBuf;
 use std::sync::Arc;
 
 /// Options of `multimix eval`.
 #[derive(Debug, Args)]
 pub struct EvalArgs {
-    /// The run directory to evaluate.
+    /// The checkpoint: a run directory (the report is written into it), or a timm directory, a
+    /// `.safetensors` file, hf-hub:owner/name[@revision] or a zoo name (with --data and --out).
     #[arg(long)]
     checkpoint: PathBuf,
+    /// Write the report into this new directory instead of the run directory.
+    #[arg(long)]
+    out: Option<PathBuf>,
     /// Test data spec (default: the run's).
     #[arg(long)]
     data: Option<String>,
@@ -114,8 +119,29 @@ fn parse_flags(args: &EvalArgs) -> Result<Requested> {
 pub fn run(args: EvalArgs) -> Result<()> {
     let requested = parse_flags(&args)?;
     let device = super::device(&args.device)?;
-    let run = RunDir::open(&args.checkpoint)?;
-    let mut cfg = run.read_config()?;
+    // A run directory brings its configuration (data, OOD sets, ε, seed) and takes the report;
+    // any other checkpoint (timm directory, file, hf-hub:owner/name, zoo name) needs --data and
+    // --out.
+    let is_run = args.checkpoint.join(CONFIG_FILE).is_file();
+    let mut cfg = if is_run {
+        RunDir::open(&args.checkpoint)?.read_config()?
+    } else {
+        if args.data.is_none() || args.out.is_none() {
+            bail!(
+                "checkpoint `{}` is not a run directory of this project: give --data SPEC (the test set) and --out DIR (a new directory for the report)",
+                args.checkpoint.display()
+            );
+        }
+        TrainConfig::default()
+    };
+    if let Some(out) = &args.out {
+        if out.exists() && std::fs::read_dir(out)?.next().is_some() {
+            bail!(
+                "--out {} exists and is not empty: choose a new directory",
+                out.display()
+            );
+        }
+    }
     if let Some(v) = args.data {
         cfg.data.spec = v;
     }
@@ -137,7 +163,7 @@ pub fn run(args: EvalArgs) -> Result<()> {
         opts.detectors = v;
     }
     opts.validate()?;
-    let model = load_model(run.path(), &device)?;
+    let model = load_model(&args.checkpoint, &device)?;
     let spec: DataSpec = cfg.data.spec.parse()?;
     let arch = &model.config().arch;
     let shape = (arch.in_chans(), arch.img_size(), arch.img_size());
@@ -155,6 +181,10 @@ pub fn run(args: EvalArgs) -> Result<()> {
         None
     };
     let report = evaluate_model_with(&model, &cfg.eval, &test, train.as_ref(), &opts, &device)?;
+    let run = match &args.out {
+        Some(out) => RunDir::create(out)?,
+        None => RunDir::open(&args.checkpoint)?,
+    };
     write_report(&run, &report)?;
     println!("{}", report.to_json()?);
     Ok(())

@@ -1,5 +1,6 @@
 //! Command-line parsing and the subcommands.
 
+mod compare;
 mod det_metrics;
 mod detect;
 mod eval;
@@ -36,6 +37,8 @@ enum Command {
     /// Write a PNG grid of a batch mixed by mixup and CutMix, and (with --checkpoint) of the
     /// attention maps that weight dense MultiMix.
     Mixviz(mixviz::MixvizArgs),
+    /// The reports of several evaluated runs side by side, as one markdown table.
+    Compare(compare::CompareArgs),
     /// Download checkpoints from and push runs to a Hugging Face hub.
     Hub(hub::HubArgs),
     /// The model zoo: pretrained checkpoints by name.
@@ -53,6 +56,7 @@ pub fn run() -> Result<()> {
         Command::Eval(args) => eval::run(args),
         Command::OodMetrics(args) => ood_metrics::run(args),
         Command::Mixviz(args) => mixviz::run(args),
+        Command::Compare(args) => compare::run(args),
         Command::Hub(args) => hub::run(args),
         Command::Zoo(args) => zoo::run(args),
         Command::Infer(args) => infer::run(args),
