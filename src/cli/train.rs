@@ -2,9 +2,10 @@
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
-use multimix::checkpoint::load_model;
+use multimix::checkpoint::{load_model, CheckpointSource};
 use multimix::evaluation::{evaluate_model, write_report};
 use multimix_augment::{AttnNorm, AttnQuery, MixMode, Pairing};
+use multimix_hub::HubOptions;
 use multimix_recipes::config::{MixMethod, OptimizerKind, ScheduleKind, TrainConfig};
 use multimix_recipes::progress::Bar;
 use multimix_recipes::run::RunDir;
@@ -117,7 +118,8 @@ pub struct TrainArgs {
     /// synthetic canvases of the data's images; COCO AP in report.json).
     #[arg(long, value_enum, default_value = "classification")]
     task: super::detect::Task,
-    /// Detection: a classification run directory whose backbone initializes the detector.
+    /// Detection: a classification run of this project (directory, file or
+    /// hf-hub:owner/name) whose backbone initializes the detector.
     #[arg(long)]
     init: Option<PathBuf>,
     /// Detection: synthetic training canvases (default 2048).
@@ -225,7 +227,15 @@ pub fn run(args: TrainArgs) -> Result<()> {
     if args.task == super::detect::Task::Detection {
         let det = super::detect::DetectArgs {
             out: args.out.clone(),
-            init: args.init.clone(),
+            // A run pushed to a hub (hf-hub:owner/name) is fetched into the cache first.
+            init: match &args.init {
+                Some(p) => Some(
+                    CheckpointSource::parse(p)
+                        .and_then(|source| source.fetch(HubOptions::from_env()))
+                        .with_context(|| format!("--init {}", p.display()))?,
+                ),
+                None => None,
+            },
             resume: args.resume.is_some(),
             images: args.det_images,
             test_images: args.det_test_images,
