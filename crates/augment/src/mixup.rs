@@ -7,8 +7,7 @@
 //! separate, so a plan can be built by hand (a fixed λ, partner and box) and checked against timm.
 
 use crate::error::{out_of_range, AugmentError, Result};
-use crate::sample::beta;
-use rand::seq::SliceRandom;
+use crate::sample::{beta, partners};
 use rand::Rng;
 use serde::{Deserialize, Serialize};
 
@@ -210,7 +209,8 @@ impl Mixup {
     pub fn sample(&self, b: usize, h: usize, w: usize, rng: &mut impl Rng) -> Result<MixPlan> {
         self.validate()?;
         check_batch(b, self.pairing, self.mode)?;
-        let partner = partners(b, self.pairing, rng);
+        // Random partners pair up (an involution), as `pair` mode, which mixes both ways, needs.
+        let partner = partners(b, self.pairing, true, rng);
         // The pairs `(i, π(i))` for `pair` mode: each unordered pair once, in index order.
         let draws = match self.mode {
             MixMode::Batch => 1,
@@ -265,25 +265,6 @@ impl Mixup {
             (bbox, corrected_lam(h, w, &bbox))
         } else {
             (bbox, lam)
-        }
-    }
-}
-
-/// Partners of a batch: timm's flip (`b - 1 - i`) or a random permutation. For `pair` mode the
-/// random partners are made an involution (consecutive elements of a permutation are paired).
-fn partners(b: usize, pairing: Pairing, rng: &mut impl Rng) -> Vec<usize> {
-    match pairing {
-        Pairing::Flip => (0..b).rev().collect(),
-        Pairing::Random => {
-            let mut perm: Vec<usize> = (0..b).collect();
-            perm.shuffle(rng);
-            // An involution: the pairs (perm[2t], perm[2t+1]) swap; an odd one out keeps itself.
-            let mut partner: Vec<usize> = (0..b).collect();
-            for pair in perm.chunks_exact(2) {
-                partner[pair[0]] = pair[1];
-                partner[pair[1]] = pair[0];
-            }
-            partner
         }
     }
 }

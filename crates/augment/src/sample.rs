@@ -1,7 +1,8 @@
 //! Host-side samplers driven by the run's seeded RNG (candle's CPU RNG cannot be seeded).
 
 use crate::error::{out_of_range, Result};
-use rand::seq::index;
+use crate::mixup::Pairing;
+use rand::seq::{index, SliceRandom};
 use rand::Rng;
 use rand_distr::{Beta, Distribution, Gamma};
 
@@ -55,4 +56,27 @@ pub fn dirichlet_rows(
         }
     }
     Ok(out)
+}
+
+/// Each example's partner `π(i)`: timm's flip (`b - 1 - i`) or a random permutation; with
+/// `involution` the random partners pair up (`π(π(i)) = i`: consecutive elements of a random
+/// permutation swap, an odd one out keeps itself), as mixing both ways of a pair needs.
+pub fn partners(b: usize, pairing: Pairing, involution: bool, rng: &mut impl Rng) -> Vec<usize> {
+    let flip = || (0..b).rev().collect();
+    match pairing {
+        Pairing::Flip => flip(),
+        Pairing::Random => {
+            let mut perm: Vec<usize> = (0..b).collect();
+            perm.shuffle(rng);
+            if !involution {
+                return perm;
+            }
+            let mut partner: Vec<usize> = (0..b).collect();
+            for pair in perm.chunks_exact(2) {
+                partner[pair[0]] = pair[1];
+                partner[pair[1]] = pair[0];
+            }
+            partner
+        }
+    }
 }

@@ -12,11 +12,10 @@ use multimix_augment::loss::soft_cross_entropy;
 use multimix_augment::manifold::mix_pairs;
 use multimix_augment::mixup::check_batch;
 use multimix_augment::multimix::mix_rows;
-use multimix_augment::sample::beta;
+use multimix_augment::sample::{beta, partners};
 use multimix_augment::targets::smooth_one_hot;
-use multimix_augment::{AttnQuery, MixMode, Mixup, MultiMix, Pairing};
+use multimix_augment::{AttnQuery, MixMode, Mixup, MultiMix};
 use multimix_backbones::{Ctx, Model};
-use rand::seq::SliceRandom;
 use rand::Rng;
 use rand_chacha::ChaCha8Rng;
 
@@ -200,7 +199,7 @@ pub fn training_loss(
             };
             let k = points[rng.random_range(0..points.len())];
             let lam = beta(cfg.alpha(), rng)?;
-            let partner = partners(b, cfg.pairing(), rng);
+            let partner = partners(b, cfg.pairing(), false, rng);
             let x = model.normalize(&images(batch.images)?)?;
             let mut ctx = Ctx::train(rng);
             let hidden = model.backbone().forward_to(&x, k, &mut ctx)?;
@@ -232,18 +231,6 @@ pub fn training_loss(
                 loss = (loss + clean)?;
             }
             Ok(loss)
-        }
-    }
-}
-
-/// Partners of a batch for manifold mixup: the flipped batch or a random permutation.
-fn partners(b: usize, pairing: Pairing, rng: &mut ChaCha8Rng) -> Vec<usize> {
-    match pairing {
-        Pairing::Flip => (0..b).rev().collect(),
-        Pairing::Random => {
-            let mut perm: Vec<usize> = (0..b).collect();
-            perm.shuffle(rng);
-            perm
         }
     }
 }
