@@ -18,7 +18,7 @@ fn one_error_line(out: &Output) -> String {
 fn bad_flags_are_named_on_one_line() {
     let dir = tempfile::tempdir().unwrap();
     let run = dir.path().to_str().unwrap();
-    let cases: [(&[&str], &[&str]); 6] = [
+    let cases: [(&[&str], &[&str]); 8] = [
         (&["--eps", "1/255,2"], &["--eps `2`", "outside [0, 1]"]),
         (&["--eps", "-0.1"], &["--eps `-0.1`", "outside [0, 1]"]),
         (&["--eps", "8/0"], &["--eps `8/0`", "division by zero"]),
@@ -28,6 +28,14 @@ fn bad_flags_are_named_on_one_line() {
             &["unknown detector `foo`", "mahalanobis"],
         ),
         (&["--attack", "cw"], &["unknown attack `cw`", "fgsm, pgd"]),
+        (
+            &["--mahalanobis-eps", "2"],
+            &["--mahalanobis-eps `2`", "outside [0, 1]"],
+        ),
+        (
+            &["--mahalanobis-eps", "0.002"],
+            &["--detectors mahalanobis"],
+        ),
     ];
     for (flags, expected) in cases {
         let mut args = vec!["eval", "--checkpoint", run];
@@ -74,6 +82,8 @@ fn opt_in_attacks_and_detectors_write_the_report_and_plots() {
         "8/255",
         "--detectors",
         "mahalanobis,knn",
+        "--mahalanobis-eps",
+        "0.002",
     ]);
     assert!(
         out.status.success(),
@@ -86,6 +96,7 @@ fn opt_in_attacks_and_detectors_write_the_report_and_plots() {
         assert!(report["ood"]["gaussian"][d]["auroc"].is_number(), "{d}");
     }
     assert!(report["ood"]["gaussian"].get("energy").is_none());
+    assert_eq!(report["mahalanobis_eps"].as_f64(), Some(0.002));
     assert!(report["robustness"]["fgsm"][0]["accuracy"].is_number());
     assert_eq!(
         report["robustness"]["fgsm"][0]["eps"].as_f64(),

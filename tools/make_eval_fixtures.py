@@ -19,6 +19,18 @@ Writes, under `crates/eval/tests/fixtures/`:
     no clamp; score = max softmax(f(x_hat)/T)), T = 1000, eps = 0.0014, on the batch and on
     a batch of noise images;
   - `logits`, `features`: the model's logits and penultimate (pooled) features of the batch.
+* `mahalanobis.safetensors`: the Mahalanobis detector with Lee et al. (2018)'s input
+  pre-processing as pytorch-ood 0.4's `MahalanobisODIN` computes it, on the same tiny ViT:
+  `train.images`/`train.labels` (60 images) to fit on; for eps in {0.002, 0.01} and the batch
+  and noise images of `attacks.safetensors`, `eps{k}.{images,noise}.x_hat` =
+  `MahalanobisODIN(encoder, eps)._odin_preprocess(x)` (`x' = x - eps * sign(grad_x L)`, L half
+  the squared Mahalanobis distance to the closest class mean, no clamp) and `.scores` = the
+  OpenOOD-convention Mahalanobis score (sklearn `EmpiricalCovariance`, as in `detectors.json`)
+  of the features of `x'`. The detector's precision is replaced by sklearn's `precision_` (a
+  pseudo-inverse) before pre-processing: a ViT's pooled features come out of a LayerNorm and lie
+  on a hyperplane, so their covariance is singular, and pytorch-ood's own `inv(scatter + 1e-6 I)`
+  puts a 1e6 weight on the normal of that hyperplane, where the features differ only by float
+  noise; the project follows OpenOOD's pseudo-inverse there too.
 * `detectors.json`: logit scores (MSP, MaxLogit, Energy with T = 1 and T = 2, as pytorch-ood's
   `MaxSoftmax`, `MaxLogit`, `EnergyBased` compute them, negated to "higher = more
   in-distribution"), Mahalanobis (class means and the shared covariance `sklearn.covariance.
@@ -34,7 +46,8 @@ Run from the repository root with
 
     /work/pyref/bin/python tools/make_eval_fixtures.py
 
-(needs torchattacks: `/work/pyref/bin/pip install torchattacks`). Deterministic (fixed seeds).
+(needs torchattacks and pytorch-ood: `/work/pyref/bin/pip install torchattacks pytorch-ood`).
+Deterministic (fixed seeds).
 """
 
 import json
@@ -148,6 +161,45 @@ def attacks():
     save_file({k: v.contiguous() for k, v in tensors.items()}, OUT / "attacks.safetensors", metadata=meta)
 
 
+def mahalanobis_odin():
+    from pytorch_ood.detector import MahalanobisODIN
+
+    model = Normalized(tiny_vit(), [0.5], [0.5]).eval()
+    g = torch.Generator().manual_seed(1)
+    images = torch.rand(12, 1, 8, 8, generator=g)  # the batch of `attacks()`, same draws
+    images[0, 0, :2] = 0.0
+    images[1, 0, :2] = 1.0
+    torch.randint(0, 3, (12,), generator=g)
+    noise = torch.rand(12, 1, 8, 8, generator=g)
+    g = torch.Generator().manual_seed(2)
+    train = torch.rand(60, 1, 8, 8, generator=g)
+    train_labels = torch.arange(60) % 3
+
+    def encoder(x):
+        return model.net.forward_head(model.net.forward_features((x - 0.5) / 0.5), pre_logits=True)
+
+    with torch.no_grad():
+        train_z = encoder(train)
+    tensors = {"train.images": train, "train.labels": train_labels.to(torch.int64)}
+    for eps, key in ((0.002, "eps0.002"), (0.01, "eps0.01")):
+        det = MahalanobisODIN(encoder, eps=eps)
+        det.fit_features(train_z, train_labels)
+        means = det._base.mu.numpy()
+        precision = EmpiricalCovariance(assume_centered=False).fit(
+            train_z.numpy() - means[train_labels.numpy()]).precision_
+        det._base.precision = torch.tensor(precision, dtype=torch.float32)
+        for name, x in (("images", images), ("noise", noise)):
+            x_hat = det._odin_preprocess(x.clone(), "cpu").detach()
+            with torch.no_grad():
+                z = encoder(x_hat)
+            scores = mahalanobis(train_z.numpy(), train_labels.numpy(), z.numpy(), 3)
+            tensors[f"{key}.{name}.x_hat"] = x_hat
+            tensors[f"{key}.{name}.scores"] = torch.tensor(scores, dtype=torch.float32)
+    import pytorch_ood
+    meta = {"torch": torch.__version__, "timm": timm.__version__, "pytorch_ood": pytorch_ood.__version__}
+    save_file({k: v.contiguous() for k, v in tensors.items()}, OUT / "mahalanobis.safetensors", metadata=meta)
+
+
 def l2_normalize(x):
     return x / (np.linalg.norm(x, ord=2, axis=-1, keepdims=True) + 1e-10)
 
@@ -232,4 +284,5 @@ def detectors():
 if __name__ == "__main__":
     OUT.mkdir(parents=True, exist_ok=True)
     attacks()
+    mahalanobis_odin()
     detectors()

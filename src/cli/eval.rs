@@ -40,6 +40,10 @@ pub struct EvalArgs {
     /// training split).
     #[arg(long, value_delimiter = ',')]
     detectors: Option<Vec<String>>,
+    /// Input pre-processing ε of the Mahalanobis detector in [0, 1] pixel units, e.g. 0.002
+    /// (Lee et al. 2018, pytorch-ood's MahalanobisODIN; default 0: none, as OpenOOD's MDS).
+    #[arg(long, allow_negative_numbers = true)]
+    mahalanobis_eps: Option<String>,
     /// ε of the headline FGSM number, in [0, 1] pixel units, e.g. 8/255 (default: the run's).
     #[arg(long, allow_negative_numbers = true)]
     fgsm_eps: Option<String>,
@@ -84,6 +88,7 @@ struct Requested {
     attacks: Option<Vec<Attack>>,
     eps: Option<Vec<f64>>,
     detectors: Option<Vec<Detector>>,
+    mahalanobis_eps: Option<f64>,
 }
 
 fn parse_flags(args: &EvalArgs) -> Result<Requested> {
@@ -107,11 +112,23 @@ fn parse_flags(args: &EvalArgs) -> Result<Requested> {
         })?),
         None => None,
     };
+    let mahalanobis_eps = match &args.mahalanobis_eps {
+        Some(v) => Some(parse_eps(v).with_context(|| format!("--mahalanobis-eps `{v}`"))?),
+        None => None,
+    };
+    if mahalanobis_eps.is_some_and(|e| e > 0.0)
+        && !detectors
+            .as_ref()
+            .is_some_and(|d| d.contains(&Detector::Mahalanobis))
+    {
+        bail!("--mahalanobis-eps pre-processes the inputs of the Mahalanobis detector: add --detectors mahalanobis");
+    }
     Ok(Requested {
         fgsm_eps,
         attacks,
         eps,
         detectors,
+        mahalanobis_eps,
     })
 }
 
@@ -161,6 +178,9 @@ pub fn run(args: EvalArgs) -> Result<()> {
     }
     if let Some(v) = requested.detectors {
         opts.detectors = v;
+    }
+    if let Some(v) = requested.mahalanobis_eps {
+        opts.mahalanobis_eps = v;
     }
     opts.validate()?;
     let model = load_model(&args.checkpoint, &device)?;

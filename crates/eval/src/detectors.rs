@@ -7,7 +7,8 @@
 //! * [`odin`] max softmax of `f(x̃) / T` with `x̃ = x − ε · sign(∇ₓ H(ŷ, f(x) / T))`, T = 1000,
 //!   ε = 0.0014 (Liang et al. 2018), as pytorch-ood's `ODIN` and OpenOOD's `ODINPostprocessor`;
 //! * [`Mahalanobis`] `−min_c (z − μ_c)ᵀ Σ⁺ (z − μ_c)` with class means and one shared covariance
-//!   of the training features (Lee et al. 2018, without input pre-processing; OpenOOD's `MDS`);
+//!   of the training features (Lee et al. 2018; OpenOOD's `MDS`), optionally on inputs
+//!   pre-processed by [`Mahalanobis::perturb`] (pytorch-ood's `MahalanobisODIN`);
 //! * [`Knn`] minus the Euclidean distance from the L2-normalized feature to its k-th nearest
 //!   L2-normalized training feature, k = 50 (Sun et al. 2022). OpenOOD's faiss index returns the
 //!   squared distance: a monotone transform, so every OOD metric is the same.
@@ -241,33 +242,101 @@ impl Mahalanobis {
         })
     }
 
+    /// `(z − μ_c)ᵀ Σ⁺ (z − μ_c)` of one feature row for every class `c` (the squared distances).
+    fn distances(&self, z: &[f32]) -> Vec<f64> {
+        let d = self.dim;
+        let mut diff = vec![0.0f64; d];
+        self.means
+            .chunks_exact(d)
+            .map(|mean| {
+                for (x, (&v, m)) in diff.iter_mut().zip(z.iter().zip(mean)) {
+                    *x = f64::from(v) - m;
+                }
+                self.precision
+                    .chunks_exact(d)
+                    .zip(&diff)
+                    .map(|(row, &xr)| xr * row.iter().zip(&diff).map(|(p, x)| p * x).sum::<f64>())
+                    .sum::<f64>()
+            })
+            .collect()
+    }
+
     /// Scores `−min_c (z − μ_c)ᵀ Σ⁺ (z − μ_c)` of the rows of `features` (`N × dim`).
     pub fn score(&self, features: &[f32]) -> Result<Vec<f32>, MetricError> {
         validate_features(features, self.dim, "features")?;
-        let d = self.dim;
-        let mut diff = vec![0.0f64; d];
         Ok(features
-            .chunks_exact(d)
-            .map(|z| {
-                let closest = self
-                    .means
-                    .chunks_exact(d)
-                    .map(|mean| {
-                        for (x, (&v, m)) in diff.iter_mut().zip(z.iter().zip(mean)) {
-                            *x = f64::from(v) - m;
-                        }
-                        self.precision
-                            .chunks_exact(d)
-                            .zip(&diff)
-                            .map(|(row, &xr)| {
-                                xr * row.iter().zip(&diff).map(|(p, x)| p * x).sum::<f64>()
-                            })
-                            .sum::<f64>()
-                    })
-                    .fold(f64::INFINITY, f64::min);
-                (-closest) as f32
-            })
+            .chunks_exact(self.dim)
+            .map(|z| (-self.distances(z).into_iter().fold(f64::INFINITY, f64::min)) as f32)
             .collect())
+    }
+
+    /// The class whose mean is closest to each row of `features` (the first on ties).
+    fn closest_classes(&self, features: &[f32]) -> Vec<usize> {
+        features
+            .chunks_exact(self.dim)
+            .map(|z| {
+                let dist = self.distances(z);
+                (0..dist.len()).fold(0, |best, c| if dist[c] < dist[best] { c } else { best })
+            })
+            .collect()
+    }
+
+    /// Lee et al. (2018)'s input pre-processing of images in [0, 1]:
+    /// `x' = x − ε · sign(∇ₓ ½ (z(x) − μ_ĉ)ᵀ Σ⁺ (z(x) − μ_ĉ))`, ĉ the closest class of `z(x)`,
+    /// not clamped, as pytorch-ood's `MahalanobisODIN` (whose ε is in input units too: the
+    /// model here normalizes inside, so no division by the normalization's std). Σ⁺ is the
+    /// fitted pseudo-inverse: pytorch-ood inverts `scatter + 1e-6 I`, which for a ViT's
+    /// LayerNorm-ed features (a singular covariance) weighs float noise by 1e6.
+    pub fn perturb(&self, model: &Model, images: &Tensor, eps: f64) -> candle_core::Result<Tensor> {
+        let mut ctx = Ctx::eval();
+        let z = model
+            .backbone()
+            .pre_logits(&model.forward_features(images, &mut ctx)?, &mut ctx)?;
+        let (b, d) = z.dims2()?;
+        if d != self.dim {
+            return Err(candle_core::Error::Msg(format!(
+                "the model's features have {d} dimensions, the Mahalanobis fit {}",
+                self.dim
+            )));
+        }
+        let closest = self.closest_classes(&z.flatten_all()?.to_vec1::<f32>()?);
+        let mu: Vec<f32> = closest
+            .iter()
+            .flat_map(|&c| self.means[c * d..(c + 1) * d].iter().map(|&m| m as f32))
+            .collect();
+        let mu = Tensor::from_vec(mu, (b, d), images.device())?;
+        let precision: Vec<f32> = self.precision.iter().map(|&p| p as f32).collect();
+        let precision = Tensor::from_vec(precision, (d, d), images.device())?;
+        let x = candle_core::Var::from_tensor(images)?;
+        let mut ctx = Ctx::eval();
+        let z = model
+            .backbone()
+            .pre_logits(&model.forward_features(x.as_tensor(), &mut ctx)?, &mut ctx)?;
+        let diff = (z - mu)?;
+        // loss = mean over the batch of ½ (z − μ_ĉ)ᵀ Σ⁺ (z − μ_ĉ), pytorch-ood's `mean(-pure_gau)`
+        let loss = ((diff.matmul(&precision)? * &diff)?.sum_all()? * (0.5 / b as f64))?;
+        let grads = loss.backward()?;
+        let grad = match grads.get(x.as_tensor()) {
+            Some(g) => g.clone(),
+            None => images.zeros_like()?,
+        };
+        images - (grad.sign()? * eps)?
+    }
+
+    /// Scores of a batch of images in [0, 1] after [`Mahalanobis::perturb`] with `eps`.
+    pub fn score_images(
+        &self,
+        model: &Model,
+        images: &Tensor,
+        eps: f64,
+    ) -> candle_core::Result<Vec<f32>> {
+        let x = self.perturb(model, images, eps)?;
+        let mut ctx = Ctx::eval();
+        let z = model
+            .backbone()
+            .pre_logits(&model.forward_features(&x, &mut ctx)?, &mut ctx)?;
+        self.score(&z.flatten_all()?.to_vec1::<f32>()?)
+            .map_err(|e| candle_core::Error::Msg(e.to_string()))
     }
 }
 

@@ -149,7 +149,7 @@ pub const CONVENTIONS: &[(&str, &str)] = &[
     ("maxlogit", "max logit (Hendrycks et al. 2022)"),
     ("energy", "T * logsumexp(logits / T), T = 1 (Liu et al. 2020)"),
     ("odin", "max softmax(f(x') / T), x' = x - eps * sign(grad_x CE(argmax, f(x) / T)), T = 1000, eps = 0.0014 in [0, 1] pixel units, no clamp (Liang et al. 2018; pytorch-ood / OpenOOD)"),
-    ("mahalanobis", "-min_c (z - mu_c)^T pinv(S) (z - mu_c) on the pooled penultimate features z; class means mu_c and one shared covariance S fit on the training set; no input pre-processing (Lee et al. 2018; OpenOOD MDS)"),
+    ("mahalanobis", "-min_c (z - mu_c)^T pinv(S) (z - mu_c) on the pooled penultimate features z; class means mu_c and one shared covariance S fit on the training set (Lee et al. 2018; OpenOOD MDS); with mahalanobis_eps, on x' = x - eps * sign(grad_x (z - mu_c*)^T pinv(S) (z - mu_c*)), c* the closest class, eps in [0, 1] pixel units, no clamp (pytorch-ood MahalanobisODIN), otherwise no input pre-processing"),
     ("knn", "-(Euclidean distance to the k-th nearest training feature), k = 50, features L2-normalized (Sun et al. 2022; OpenOOD's faiss score is the squared distance: same ranking)"),
     ("geometry", "on the L2-normalized pooled penultimate features of the first geometry_images test images: alignment = mean over same-class pairs of ||u - v||^2 (lower = tighter classes), uniformity = log mean over all pairs of exp(-2 ||u - v||^2) (lower = more uniform) (Wang & Isola 2020)"),
     ("projection", "embedding.png: the same features projected on their first two principal components (PCA), colored by class"),
@@ -185,6 +185,9 @@ pub struct Report {
     pub pgd_steps: Option<usize>,
     /// OOD detection per OOD set.
     pub ood: BTreeMap<String, OodScores>,
+    /// ε of the Mahalanobis detector's input pre-processing, when it was applied.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mahalanobis_eps: Option<f64>,
     /// Alignment and uniformity of the test embeddings.
     pub geometry: Option<Geometry>,
     /// How many test embeddings the geometry and the projection use.

@@ -73,6 +73,10 @@ pub struct EvalOptions {
     pub detectors: Vec<Detector>,
     /// ODIN's temperature and input perturbation.
     pub odin: OdinConfig,
+    /// Input pre-processing ε of the Mahalanobis detector in [0, 1] pixel units (Lee et al.
+    /// 2018; pytorch-ood's `MahalanobisODIN` uses 0.002); 0, the default, scores the plain
+    /// features (OpenOOD's `MDS`).
+    pub mahalanobis_eps: f64,
     /// Neighbours of the KNN detector.
     pub knn_k: usize,
     /// At most this many test embeddings (the first ones) enter alignment, uniformity and the
@@ -93,6 +97,7 @@ impl Default for EvalOptions {
             pgd_steps: 10,
             detectors: vec![Detector::Msp, Detector::MaxLogit, Detector::Energy],
             odin: OdinConfig::default(),
+            mahalanobis_eps: 0.0,
             knn_k: KNN_K,
             geometry_max: 2000,
             seed: 0,
@@ -110,6 +115,12 @@ impl EvalOptions {
                     "ε = {e} is outside [0, 1] (pixel units: 8/255 = 0.0314)"
                 ));
             }
+        }
+        if !(0.0..=1.0).contains(&self.mahalanobis_eps) {
+            return bad(format!(
+                "Mahalanobis pre-processing ε = {} is outside [0, 1] (pixel units; 0 turns it off, pytorch-ood uses 0.002)",
+                self.mahalanobis_eps
+            ));
         }
         if self.batch_size == 0 || self.ece_bins == 0 || self.knn_k == 0 {
             return bad("batch size, ECE bins and KNN k must be at least 1".into());
@@ -280,6 +291,22 @@ fn odin_scores(
     Ok(scores)
 }
 
+/// Mahalanobis scores of every image of `ds` after the input pre-processing with `eps`.
+fn mahalanobis_scores(
+    model: &Model,
+    ds: &Arc<Dataset>,
+    fitted: &Mahalanobis,
+    eps: f64,
+    batch_size: usize,
+    device: &Device,
+) -> Result<Vec<f32>, EvalError> {
+    let mut scores = Vec::with_capacity(ds.len());
+    for batch in eval_batches(ds, batch_size) {
+        scores.extend(fitted.score_images(model, &batch_tensor(&batch, device)?, eps)?);
+    }
+    Ok(scores)
+}
+
 /// The feature-space detectors fit on the training set.
 struct FittedDetectors {
     mahalanobis: Option<Mahalanobis>,
@@ -305,6 +332,9 @@ fn detector_scores(
             Detector::Energy => detectors::energy(&out.logits, c, 1.0),
             Detector::Odin => odin_scores(model, ds, &opts.odin, opts.batch_size, device)?,
             Detector::Mahalanobis => match &fitted.mahalanobis {
+                Some(m) if opts.mahalanobis_eps > 0.0 => {
+                    mahalanobis_scores(model, ds, m, opts.mahalanobis_eps, opts.batch_size, device)?
+                }
                 Some(m) => m.score(&out.features)?,
                 None => continue,
             },
@@ -467,6 +497,8 @@ pub fn evaluate(
             .contains(&Attack::Pgd)
             .then_some(opts.pgd_steps),
         ood: ood_report,
+        mahalanobis_eps: (requested.contains(&Detector::Mahalanobis) && opts.mahalanobis_eps > 0.0)
+            .then_some(opts.mahalanobis_eps),
         geometry,
         geometry_images: n_geo,
         figures: Figures { roc, embedding },

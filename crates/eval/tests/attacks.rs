@@ -107,3 +107,43 @@ fn odin_equals_pytorch_ood() {
         assert!(d < 1e-6, "{images}: max difference {d}");
     }
 }
+
+#[test]
+fn mahalanobis_preprocessing_equals_pytorch_ood() {
+    use multimix_eval::detectors::Mahalanobis;
+    let t = tensors();
+    let m = model(&t);
+    let path = common::fixture("mahalanobis.safetensors");
+    let r = candle_core::safetensors::load(path, &candle_core::Device::Cpu).unwrap();
+    let train_labels: Vec<u32> = r["train.labels"]
+        .to_vec1::<i64>()
+        .unwrap()
+        .into_iter()
+        .map(|y| y as u32)
+        .collect();
+    let mut ctx = Ctx::eval();
+    let f = m.forward_features(&r["train.images"], &mut ctx).unwrap();
+    let z = m.backbone().pre_logits(&f, &mut ctx).unwrap();
+    let fitted = Mahalanobis::fit(&values(&z), &train_labels, z.dim(1).unwrap(), 3).unwrap();
+    for eps in ["0.002", "0.01"] {
+        let e: f64 = eps.parse().unwrap();
+        for set in ["images", "noise"] {
+            let x = &t[set];
+            let got = fitted.perturb(&m, x, e).unwrap();
+            let expected = values(&r[&format!("eps{eps}.{set}.x_hat")]);
+            let d = max_abs_diff(&values(&got), &expected);
+            assert!(d <= ULP, "eps {eps}, {set}: x' differs by {d}");
+            // every pixel moved by ε (no pixel of the fixture has a tied gradient)
+            let moved = max_abs_diff(&values(&got), &values(x));
+            assert!((moved - e as f32).abs() < 1e-6, "moved {moved}");
+            let scores = fitted.score_images(&m, x, e).unwrap();
+            let want = values(&r[&format!("eps{eps}.{set}.scores")]);
+            for (g, w) in scores.iter().zip(&want) {
+                assert!(
+                    (g - w).abs() <= 1e-3 * w.abs().max(1.0),
+                    "eps {eps}, {set}: {g} vs {w}"
+                );
+            }
+        }
+    }
+}

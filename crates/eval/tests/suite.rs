@@ -100,6 +100,33 @@ fn every_attack_and_detector_reports_with_plots() {
 }
 
 #[test]
+fn mahalanobis_preprocessing_is_reported_and_changes_the_scores() {
+    let t = common::tensors();
+    let model = common::model(&t);
+    let (test, train) = (random_set("test", 24, 1), random_set("train", 30, 2));
+    let ood = vec![("o".to_string(), random_set("ood", 20, 3))];
+    let plain = EvalOptions {
+        detectors: vec![Detector::Mahalanobis],
+        attacks: vec![],
+        ..options()
+    };
+    let pre = EvalOptions {
+        mahalanobis_eps: 0.01,
+        ..plain.clone()
+    };
+    let a = evaluate(&model, &test, Some(&train), &ood, &plain, &Device::Cpu).unwrap();
+    let b = evaluate(&model, &test, Some(&train), &ood, &pre, &Device::Cpu).unwrap();
+    assert_eq!(a.mahalanobis_eps, None);
+    assert_eq!(b.mahalanobis_eps, Some(0.01));
+    let json: serde_json::Value = serde_json::from_str(&b.to_json().unwrap()).unwrap();
+    assert_eq!(json["mahalanobis_eps"].as_f64(), Some(0.01));
+    let (ma, mb) = (&a.ood["o"], &b.ood["o"]);
+    assert_ne!(ma.mahalanobis, mb.mahalanobis);
+    // the other detectors do not depend on it
+    assert_eq!(ma.msp, mb.msp);
+}
+
+#[test]
 fn pgd_is_reproducible_from_the_seed() {
     let t = common::tensors();
     let model = common::model(&t);
@@ -132,6 +159,14 @@ fn bad_options_are_refused_with_the_reason() {
     let err = evaluate(&model, &test, None, &ood, &needs_train, &Device::Cpu).unwrap_err();
     assert!(
         matches!(&err, EvalError::Invalid(m) if m.contains("knn") && m.contains("training split"))
+    );
+    let bad_mahalanobis = EvalOptions {
+        mahalanobis_eps: -0.1,
+        ..EvalOptions::default()
+    };
+    let err = evaluate(&model, &test, None, &ood, &bad_mahalanobis, &Device::Cpu).unwrap_err();
+    assert!(
+        matches!(&err, EvalError::Invalid(m) if m.contains("Mahalanobis") && m.contains("-0.1"))
     );
     assert!("nope"
         .parse::<Detector>()
