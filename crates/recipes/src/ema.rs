@@ -66,17 +66,37 @@ impl Ema {
     /// A teacher initialized to a copy of the student (new tensors, no gradient tracking).
     /// `tau` must be in `[0, 1]`; names must be unique across `student` and `buffers`.
     pub fn new(student: &[NamedParam], buffers: &[NamedParam], tau: f64) -> Result<Self, EmaError> {
+        Self::build(student, buffers, tau, |t| Ok(deep_copy(t)?))
+    }
+
+    /// A teacher that averages into the storage of `teacher` and `buffers` themselves (shared,
+    /// not copied), e.g. the variables of a teacher model initialized to the student's weights:
+    /// that model then runs the averaged weights after every [`Ema::update`] without a copy.
+    pub fn over(
+        teacher: &[NamedParam],
+        buffers: &[NamedParam],
+        tau: f64,
+    ) -> Result<Self, EmaError> {
+        Self::build(teacher, buffers, tau, |t| Ok(t.clone()))
+    }
+
+    fn build(
+        params: &[NamedParam],
+        buffers: &[NamedParam],
+        tau: f64,
+        take: impl Fn(&Tensor) -> Result<Tensor, EmaError>,
+    ) -> Result<Self, EmaError> {
         if !(0.0..=1.0).contains(&tau) {
             return Err(EmaError::InvalidTau(tau));
         }
         let mut teacher = BTreeMap::new();
-        for p in student.iter().chain(buffers) {
+        for p in params.iter().chain(buffers) {
             if teacher.contains_key(&p.name) {
                 return Err(EmaError::DuplicateName(p.name.clone()));
             }
-            teacher.insert(p.name.clone(), deep_copy(&p.var)?);
+            teacher.insert(p.name.clone(), take(&p.var.as_detached_tensor())?);
         }
-        if let Some(p) = student.iter().find(|p| !p.var.dtype().is_float()) {
+        if let Some(p) = params.iter().find(|p| !p.var.dtype().is_float()) {
             return Err(EmaError::NonFloatParam {
                 name: p.name.clone(),
                 dtype: p.var.dtype(),
@@ -85,7 +105,7 @@ impl Ema {
         Ok(Self {
             tau,
             teacher,
-            params: student.iter().map(|p| p.name.clone()).collect(),
+            params: params.iter().map(|p| p.name.clone()).collect(),
             buffers: buffers.iter().map(|p| p.name.clone()).collect(),
         })
     }

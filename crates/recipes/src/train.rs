@@ -140,7 +140,7 @@ fn named(pairs: Vec<(String, candle_core::Var)>) -> Vec<NamedParam> {
         .collect()
 }
 
-/// The EMA teacher of self-distillation: the averaged tensors and a model that runs them.
+/// The EMA teacher of self-distillation: a model whose variables the EMA averages in place.
 struct Teacher {
     ema: Ema,
     model: Model,
@@ -149,18 +149,18 @@ struct Teacher {
 impl Teacher {
     /// A teacher equal to the student, averaging with momentum `tau`.
     fn new(student: &Model, tau: f64, device: &Device) -> Result<Self> {
-        let ema = Ema::new(
-            &named(student.params().trainable()),
-            &named(student.params().buffers()),
+        let model = Model::new(student.config(), device, 0)?;
+        model.load_weights(&student.params().tensors()?, true)?;
+        let ema = Ema::over(
+            &named(model.params().trainable()),
+            &named(model.params().buffers()),
             tau,
         )
         .map_err(|e| RecipeError::Config(e.to_string()))?;
-        let model = Model::new(student.config(), device, 0)?;
-        model.load_weights(ema.tensors(), true)?;
         Ok(Self { ema, model })
     }
 
-    /// One EMA step from the student, then the teacher model takes the averaged weights.
+    /// One EMA step from the student, written into the teacher model's variables.
     fn update(&mut self, student: &Model) -> Result<()> {
         self.ema
             .update(
@@ -168,16 +168,14 @@ impl Teacher {
                 &named(student.params().buffers()),
             )
             .map_err(|e| RecipeError::Config(e.to_string()))?;
-        self.model.load_weights(self.ema.tensors(), true)?;
         Ok(())
     }
 
-    /// Restore saved teacher tensors.
+    /// Restore saved teacher tensors (into the teacher model's variables).
     fn load(&mut self, tensors: &BTreeMap<String, Tensor>) -> Result<()> {
         self.ema
             .load(tensors)
             .map_err(|e| RecipeError::Config(format!("checkpoint EMA teacher: {e}")))?;
-        self.model.load_weights(self.ema.tensors(), true)?;
         Ok(())
     }
 }

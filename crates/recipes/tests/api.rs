@@ -427,3 +427,26 @@ fn schedule_serialization() -> TestResult {
     assert!(toml::from_str::<LrSchedule>("kind = \"constant\"\nlr = 0.1\nlr_typo = 1\n").is_err());
     Ok(())
 }
+
+#[test]
+fn an_ema_over_variables_averages_into_them() -> TestResult {
+    let (teacher_w, student_w) = (var(&[1.0, 2.0])?, var(&[3.0, 6.0])?);
+    let (teacher_rm, student_rm) = (var(&[0.0])?, var(&[0.5])?);
+    let mut ema = Ema::over(
+        &[NamedParam::new("w", teacher_w.clone())],
+        &[NamedParam::new("rm", teacher_rm.clone())],
+        0.75,
+    )?;
+    ema.update(
+        &[NamedParam::new("w", student_w)],
+        &[NamedParam::new("rm", student_rm)],
+    )?;
+    // the variables themselves hold 0.75·teacher + 0.25·student, and the copied buffer
+    assert_eq!(teacher_w.as_tensor().to_vec1::<f32>()?, [1.5, 3.0]);
+    assert_eq!(teacher_rm.as_tensor().to_vec1::<f32>()?, [0.5]);
+    assert!(matches!(
+        Ema::over(&[NamedParam::new("w", teacher_w)], &[], 2.0),
+        Err(EmaError::InvalidTau(_))
+    ));
+    Ok(())
+}
