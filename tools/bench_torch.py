@@ -325,7 +325,6 @@ def run_config(args, name, method, conventions):
     reset_ok = reset_peak_rss()
     rss_start = status_bytes("VmRSS")
     model, shape, mean, std = build(name, args.seed)
-    fwd = forward_flops(model, shape) * args.batch_size
     num_classes = model.num_classes
     x = torch.rand(args.batch_size, *shape)
     y = torch.arange(args.batch_size) % num_classes
@@ -352,8 +351,10 @@ def run_config(args, name, method, conventions):
             opt.step()
             return loss.item()
     wall, cpu, last = time_steps(step, args.warmup, args.steps)
+    peak = peak_rss()
+    fwd = forward_flops(model, shape) * args.batch_size  # after timing: no extra warm-up
     return record(args, name, method, shape, sum(p.numel() for p in model.parameters()), fwd,
-                  wall, cpu, last, rss_start, peak_rss(), reset_ok, conventions)
+                  wall, cpu, last, rss_start, peak, reset_ok, conventions)
 
 
 def record(args, name, method, shape, params, fwd, wall, cpu, last, rss_start, peak, reset_ok,
@@ -430,6 +431,7 @@ def main():
         "schema": SCHEMA,
         "framework": "pytorch",
         "framework_version": f"torch {torch.__version__}, timm {timm.__version__}",
+        "device": "cpu",
         "machine": conventions,
         "env": {k: os.environ[k] for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS",
                                            "RAYON_NUM_THREADS", "CANDLE_NUM_THREADS",
