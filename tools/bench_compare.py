@@ -129,6 +129,10 @@ def main():
                 headers[fw], rec[(fw, model, method, r)] = run(
                     cmd + what + common + ["--json", str(path)], path)
     text = table(configs, rec, args.rounds, args.fgsm)
+    for model, method in configs:
+        pt, ca = (rec[(fw, model, method, 0)]["params"] for fw in ("pytorch", "candle"))
+        if pt != ca:
+            text += f"\n\nwarning: {model} has {pt} parameters in PyTorch, {ca} in candle"
     machine = headers["candle"]["machine"]
     note = (f"{args.rounds} rounds, batch {args.batch_size}, {args.threads} threads, "
             f"{args.steps} timed steps after {args.warmup} warm-ups per process; "
