@@ -36,8 +36,8 @@ fn a_multimix_step_is_timed_into_well_formed_json() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap())
-        .expect("well-formed JSON");
+    let v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).expect("well-formed JSON");
     assert_eq!(v["schema"], "multimix-bench/1");
     assert_eq!(v["framework"], "candle");
     let results = v["results"].as_array().expect("results");

@@ -95,7 +95,10 @@ pub fn run(args: BenchArgs) -> Result<()> {
         for method in &plan.methods {
             let r = run_config(&args, architecture, *method, &plan, &device, &machine)
                 .with_context(|| {
-                    format!("{architecture} {}", method.map_or("fgsm".into(), |m| m.to_string()))
+                    format!(
+                        "{architecture} {}",
+                        method.map_or("fgsm".into(), |m| m.to_string())
+                    )
                 })?;
             println!("{}", table_row(&r));
             if let Some(results) = out["results"].as_array_mut() {
@@ -169,7 +172,7 @@ fn run_config(
     let reset = reset_peak_rss();
     let rss_start = status_bytes("VmRSS");
     let mut step = match method {
-        Some(method) => Step::Train(TrainStep::new(
+        Some(method) => Step::Train(Box::new(TrainStep::new(
             &StepSpec {
                 architecture: architecture.to_string(),
                 method,
@@ -179,13 +182,13 @@ fn run_config(
                 seed: args.seed,
             },
             device,
-        )?),
-        None => Step::Fgsm(FgsmStep::new(
+        )?)),
+        None => Step::Fgsm(Box::new(FgsmStep::new(
             architecture,
             args.batch_size,
             args.seed,
             device,
-        )?),
+        )?)),
     };
     let config = step.model().config().clone();
     let params = step.model().params().num_trainable();
@@ -198,10 +201,10 @@ fn run_config(
             cpu.push(cpu_seconds() - c0);
         }
     }
-    let (median, min, max) = (median(&wall), min_of(&wall), max_of(&wall));
+    let (med, min, max) = (median(&wall), min_of(&wall), max_of(&wall));
     // Training step and FGSM batch alike: about 3 forward passes of matmul/conv work.
     let forward = forward_flops(&config).map(|f| (f * args.batch_size as u64) as f64);
-    let achieved = forward.map(|f| 3.0 * f / median / 1e9);
+    let achieved = forward.map(|f| 3.0 * f / med / 1e9);
     let peak = machine["peak_gflops"].as_f64();
     let s = config.arch.img_size();
     Ok(json!({
@@ -217,11 +220,11 @@ fn run_config(
         "steps": args.steps,
         "wall_s": wall,
         "cpu_s": cpu,
-        "median_s": median,
+        "median_s": med,
         "min_s": min,
         "max_s": max,
-        "cpu_median_s": self::median(&cpu),
-        "images_per_s": args.batch_size as f64 / median,
+        "cpu_median_s": median(&cpu),
+        "images_per_s": args.batch_size as f64 / med,
         "rss_start_bytes": rss_start,
         "peak_rss_bytes": status_bytes("VmHWM"),
         "peak_rss_reset": reset,
@@ -235,8 +238,8 @@ fn run_config(
 
 /// A prepared training step or FGSM batch.
 enum Step {
-    Train(TrainStep),
-    Fgsm(FgsmStep),
+    Train(Box<TrainStep>),
+    Fgsm(Box<FgsmStep>),
 }
 
 impl Step {
@@ -316,7 +319,9 @@ fn machine(threads: usize) -> Value {
     let flags = field("flags").unwrap_or_default();
     let avx2_fma = flags.split_whitespace().any(|f| f == "avx2")
         && flags.split_whitespace().any(|f| f == "fma");
-    let peak = mhz.filter(|_| avx2_fma).map(|mhz| threads as f64 * FLOP_PER_CYCLE * mhz / 1e3);
+    let peak = mhz
+        .filter(|_| avx2_fma)
+        .map(|mhz| threads as f64 * FLOP_PER_CYCLE * mhz / 1e3);
     json!({
         "cpu": field("model name").unwrap_or_else(|| "unknown".into()),
         "logical_cpus": std::thread::available_parallelism().map_or(0, |n| n.get()),
@@ -340,7 +345,11 @@ fn env_vars() -> Value {
         "GLIBC_TUNABLES",
     ];
     vars.iter()
-        .filter_map(|k| std::env::var(k).ok().map(|v| (k.to_string(), Value::from(v))))
+        .filter_map(|k| {
+            std::env::var(k)
+                .ok()
+                .map(|v| (k.to_string(), Value::from(v)))
+        })
         .collect::<serde_json::Map<_, _>>()
         .into()
 }

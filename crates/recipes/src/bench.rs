@@ -41,8 +41,10 @@ impl StepSpec {
     /// The training configuration of the step: the defaults with this model, method and
     /// optimizer.
     pub fn train_config(&self) -> TrainConfig {
-        let mut cfg = TrainConfig::default();
-        cfg.seed = self.seed;
+        let mut cfg = TrainConfig {
+            seed: self.seed,
+            ..TrainConfig::default()
+        };
         cfg.model.architecture = self.architecture.clone();
         cfg.train.batch_size = self.batch_size;
         cfg.mix = MixConfig {
@@ -317,7 +319,9 @@ mod tests {
             optimizer: OptimizerKind::Adamw,
             seed: 0,
         };
-        let err = TrainStep::new(&spec, &Device::Cpu).err().expect("odd batch refused");
+        let err = TrainStep::new(&spec, &Device::Cpu)
+            .err()
+            .expect("odd batch refused");
         assert!(err.to_string().contains('7'), "{err}");
     }
 }
