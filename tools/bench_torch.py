@@ -39,7 +39,6 @@ no decay on biases, norms and no_weight_decay()) or SGD lr 0.05, momentum 0.9, w
 import argparse
 import json
 import os
-import platform
 import resource
 import statistics
 import sys
@@ -106,21 +105,17 @@ def die(message):
 # ---------------------------------------------------------------- machine, memory, time
 
 def cpuinfo():
-    """(model name, first 'cpu MHz', AVX2 and FMA present) from /proc/cpuinfo."""
-    name, mhz, flags = platform.processor() or "unknown", None, set()
+    """(first 'model name', first 'cpu MHz', AVX2 and FMA present) from /proc/cpuinfo."""
+    fields = {}
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             key, _, value = line.partition(":")
-            key, value = key.strip(), value.strip()
-            if key == "model name" and name in ("unknown", platform.processor()):
-                name = value
-            elif key == "cpu MHz" and mhz is None:
-                mhz = float(value)
-            elif key == "flags" and not flags:
-                flags = set(value.split())
+            fields.setdefault(key.strip(), value.strip())
     except OSError:
         pass
-    return name, mhz, {"avx2", "fma"} <= flags
+    mhz = float(fields["cpu MHz"]) if "cpu MHz" in fields else None
+    flags = set(fields.get("flags", "").split())
+    return fields.get("model name", "unknown"), mhz, {"avx2", "fma"} <= flags
 
 
 def machine(threads):
