@@ -15,12 +15,8 @@ use multimix_augment::loss::soft_cross_entropy;
 use multimix_augment::multimix::mix_rows;
 use multimix_augment::targets::smooth_one_hot;
 use multimix_augment::{AttnNorm, MultiMix};
-use multimix_backbones::{Model, ModelConfig};
-use multimix_recipes::config::{DistillConfig, MixConfig, MixMethod, DEFAULT_ARCHITECTURE};
-use multimix_recipes::mixing::{training_loss, StepBatch};
-use multimix_recipes::optim::{
-    param_groups_weight_decay, AdamW, AdamWConfig, NamedParam, Optimizer,
-};
+use multimix_recipes::bench::{StepSpec, TrainStep};
+use multimix_recipes::config::{MixMethod, OptimizerKind, DEFAULT_ARCHITECTURE};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use std::time::Instant;
@@ -49,45 +45,20 @@ fn uniform(rng: &mut ChaCha8Rng, dims: &[usize]) -> Tensor {
     Tensor::from_vec(v, dims, &Device::Cpu).expect("host tensor")
 }
 
-/// One full training step of the default ViT on a batch of 128 under `method`.
+/// One full training step of the default ViT on a batch of 128 under `method`, as
+/// `multimix bench` runs it (the training loss, backward, AdamW).
 fn train_step_seconds(method: MixMethod, reps: usize) -> f64 {
-    let mut rng = ChaCha8Rng::seed_from_u64(0);
-    let cfg = ModelConfig::from_preset(DEFAULT_ARCHITECTURE, &Default::default()).expect("preset");
-    let model = Model::new(&cfg, &Device::Cpu, 1).expect("model");
-    let params: Vec<NamedParam> = model
-        .params()
-        .trainable()
-        .into_iter()
-        .map(|(name, var)| NamedParam { name, var })
-        .collect();
-    let groups = param_groups_weight_decay(params, 0.05, &[]);
-    let mut opt = AdamW::new(
-        groups,
-        AdamWConfig {
-            beta1: 0.9,
-            beta2: 0.999,
-            eps: 1e-8,
-        },
-    )
-    .expect("optimizer");
-    let images: Vec<f32> = (0..B * 28 * 28).map(|_| rng.random::<f32>()).collect();
-    let labels: Vec<u32> = (0..B).map(|i| (i % 10) as u32).collect();
-    let mut mix = MixConfig {
+    let spec = StepSpec {
+        architecture: DEFAULT_ARCHITECTURE.into(),
         method,
-        ..MixConfig::default()
+        mix_n: 1000,
+        batch_size: B,
+        optimizer: OptimizerKind::Adamw,
+        seed: 0,
     };
-    mix.resolve();
-    let distill = DistillConfig::default();
+    let mut step = TrainStep::new(&spec, &Device::Cpu).expect("training step");
     median(2, reps, || {
-        let batch = StepBatch {
-            images: &images,
-            shape: [B, 1, 28, 28],
-            labels: &labels,
-            teacher_view: None,
-        };
-        let loss = training_loss(&model, None, &batch, &mix, &distill, &mut rng).expect("loss");
-        let grads = loss.backward().expect("backward");
-        opt.step(&grads, 1e-3).expect("step");
+        step.run().expect("step");
     })
 }
 

@@ -1,5 +1,6 @@
 //! Command-line parsing and the subcommands.
 
+mod bench;
 mod compare;
 mod det_metrics;
 mod detect;
@@ -47,6 +48,9 @@ enum Command {
     Infer(infer::InferArgs),
     /// COCO box AP, AP50, AP75 of a results file against a ground-truth file (as pycocotools).
     DetMetrics(det_metrics::DetMetricsArgs),
+    /// Time training steps (or FGSM batches) per model and mixing method: median seconds,
+    /// images/s, peak memory, achieved GFLOP/s.
+    Bench(bench::BenchArgs),
 }
 
 /// Parse the command line and run the subcommand.
@@ -61,6 +65,7 @@ pub fn run() -> Result<()> {
         Command::Zoo(args) => zoo::run(args),
         Command::Infer(args) => infer::run(args),
         Command::DetMetrics(args) => det_metrics::run(args),
+        Command::Bench(args) => bench::run(args),
     }
 }
 

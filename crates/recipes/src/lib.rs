@@ -3,6 +3,7 @@
 //! A run is described by one [`config::TrainConfig`] (the `config.toml` of its run
 //! directory); [`train::train`] trains it, checkpointing every epoch, and resumes exactly.
 
+pub mod bench;
 pub mod config;
 pub mod detection;
 pub mod ema;
