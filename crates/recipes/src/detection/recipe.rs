@@ -220,11 +220,15 @@ pub fn dense_grid(cfg: &ModelConfig, canvas: usize) -> Result<((usize, usize), u
             ArchConfig::Vit(_) => "patch size",
             _ => "output stride",
         };
+        let below = stride * (canvas / stride).max(1);
+        let choice = match below < canvas {
+            true => format!("{below} or {}", below + stride),
+            false => below.to_string(),
+        };
         return Err(RecipeError::Config(format!(
             "detection canvas {canvas} is not a multiple of `{}`'s {kind} {stride}: choose \
-             --det-canvas {}",
+             --det-canvas {choice}",
             cfg.architecture,
-            stride * (canvas / stride).max(1)
         )));
     }
     Ok(((canvas / stride, canvas / stride), stride))
