@@ -97,7 +97,10 @@ fn eval_of_a_detection_run_reports_coco_ap_and_writes_predictions() {
     assert_eq!(printed, report);
     assert_eq!(report["task"], "detection");
     assert_eq!(report["images"], 4);
-    assert!(report["convention"].as_str().unwrap().contains("pycocotools"));
+    assert!(report["convention"]
+        .as_str()
+        .unwrap()
+        .contains("pycocotools"));
     // The run's own test set: the APs training reported.
     for key in ["ap", "ap50", "ap75"] {
         assert_eq!(report[key], trained[key], "{key}");
@@ -158,7 +161,10 @@ fn eval_of_a_detection_run_reports_coco_ap_and_writes_predictions() {
     let line = one_error_line(&multimix(&["eval", "--checkpoint", file.to_str().unwrap()]));
     assert!(line.contains("--data") && line.contains("--out"), "{line}");
     // A test set of other classes is named.
-    let coco = concat!(env!("CARGO_MANIFEST_DIR"), "/crates/data/tests/fixtures/det/coco");
+    let coco = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/crates/data/tests/fixtures/det/coco"
+    );
     let line = one_error_line(&multimix(&[
         "eval",
         "--checkpoint",
@@ -246,7 +252,13 @@ fn ctrl_c_saves_a_checkpoint_and_resume_finishes() {
     assert!(!run.join("report.json").exists());
     let run_s = run.to_str().unwrap();
     // Flags beside --resume are refused; so is --task detection on a run that is not one.
-    let line = one_error_line(&multimix(&["train", "--resume", run_s, "--det-images", "3"]));
+    let line = one_error_line(&multimix(&[
+        "train",
+        "--resume",
+        run_s,
+        "--det-images",
+        "3",
+    ]));
     assert!(line.contains("drop the other training flags"), "{line}");
     let other = dir.path().join("classification");
     std::fs::create_dir(&other).unwrap();

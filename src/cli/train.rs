@@ -229,10 +229,10 @@ impl TrainArgs {
 
 /// Train, evaluate, write the report, print the run directory.
 pub fn run(args: TrainArgs) -> Result<()> {
-    let resumes_detection = args
-        .resume
-        .as_ref()
-        .is_some_and(|d| d.join(multimix_recipes::detection::DETECTION_FILE).is_file());
+    let resumes_detection = args.resume.as_ref().is_some_and(|d| {
+        d.join(multimix_recipes::detection::DETECTION_FILE)
+            .is_file()
+    });
     if args.task == super::detect::Task::Detection || resumes_detection {
         return run_detection(&args);
     }
@@ -328,7 +328,10 @@ fn run_detection(args: &TrainArgs) -> Result<()> {
                 dir.display()
             );
         }
-        if !dir.join(multimix_recipes::detection::DETECTION_FILE).is_file() {
+        if !dir
+            .join(multimix_recipes::detection::DETECTION_FILE)
+            .is_file()
+        {
             bail!(
                 "--task detection --resume {}: not a detection run (it has no detection.toml)",
                 dir.display()

@@ -238,8 +238,8 @@ fn every_backbone_trains_a_detector_or_names_the_canvas_it_needs() {
         cfg.train.batch_size = 2;
         det.train_images = 2;
         det.test_images = 1;
-        let preset = multimix_backbones::ModelConfig::from_preset(architecture, &cfg.model.args)
-            .unwrap();
+        let preset =
+            multimix_backbones::ModelConfig::from_preset(architecture, &cfg.model.args).unwrap();
         let stride = multimix_recipes::detection::output_stride(&preset.arch);
         det.canvas = stride * (32 / stride).max(2);
         let out = train_detection(cfg.clone(), &det, &Device::Cpu, None, &mut Silent)

@@ -339,7 +339,10 @@ impl Detector {
                 ))
             })
         };
-        let (hidden, classes) = (shape("det_head.hm.fc1.weight")?[0], shape("det_head.hm.fc2.weight")?[0]);
+        let (hidden, classes) = (
+            shape("det_head.hm.fc1.weight")?[0],
+            shape("det_head.hm.fc2.weight")?[0],
+        );
         let canvas = cfg.arch.img_size();
         let detector = assemble(&cfg, canvas, hidden, classes, (0, 0), device)?;
         detector.model.load_weights(&body, true)?;
@@ -354,9 +357,8 @@ pub fn is_detection_checkpoint(path: &Path) -> bool {
     if path.is_dir() {
         return path.join(DETECTION_FILE).is_file();
     }
-    multimix_hub::checkpoint::inspect_safetensors(path).is_ok_and(|(_, infos)| {
-        infos.iter().any(|i| i.name.starts_with("det_head."))
-    })
+    multimix_hub::checkpoint::inspect_safetensors(path)
+        .is_ok_and(|(_, infos)| infos.iter().any(|i| i.name.starts_with("det_head.")))
 }
 
 /// The detection options of a run directory (`detection.toml`).
