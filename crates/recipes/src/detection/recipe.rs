@@ -215,7 +215,7 @@ pub fn output_stride(arch: &ArchConfig) -> usize {
 /// multiple of the stride, so that every cell covers `stride × stride` pixels exactly.
 pub fn dense_grid(cfg: &ModelConfig, canvas: usize) -> Result<((usize, usize), usize)> {
     let stride = output_stride(&cfg.arch);
-    if canvas == 0 || canvas % stride != 0 {
+    if canvas == 0 || !canvas.is_multiple_of(stride) {
         let kind = match cfg.arch {
             ArchConfig::Vit(_) => "patch size",
             _ => "output stride",
