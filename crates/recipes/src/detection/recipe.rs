@@ -351,13 +351,18 @@ impl Detector {
     }
 }
 
-/// Whether `path` is a detection run directory (it has `detection.toml`) or a weights file with
-/// a detection head (`det_head.*` tensors). Anything unreadable is not.
+/// Whether `path` is a detection run directory (it has `detection.toml`) or a weights file (or
+/// a directory's `model.safetensors`) with a detection head (`det_head.*` tensors). Anything
+/// unreadable is not.
 pub fn is_detection_checkpoint(path: &Path) -> bool {
-    if path.is_dir() {
-        return path.join(DETECTION_FILE).is_file();
+    if path.join(DETECTION_FILE).is_file() {
+        return true;
     }
-    multimix_hub::checkpoint::inspect_safetensors(path)
+    let file = match path.is_dir() {
+        true => path.join(MODEL_FILE),
+        false => path.to_path_buf(),
+    };
+    multimix_hub::checkpoint::inspect_safetensors(&file)
         .is_ok_and(|(_, infos)| infos.iter().any(|i| i.name.starts_with("det_head.")))
 }
 
