@@ -47,9 +47,55 @@ pub struct EvalArgs {
     /// ε of the headline FGSM number, in [0, 1] pixel units, e.g. 8/255 (default: the run's).
     #[arg(long, allow_negative_numbers = true)]
     fgsm_eps: Option<String>,
+    /// Detection checkpoints: write the detections here as a COCO results JSON file (image ids
+    /// 1..N in test-set order, category ids class index + 1, boxes in the evaluated images).
+    #[arg(long)]
+    predictions: Option<PathBuf>,
+    /// Detection checkpoints: write the COCO ground truth the detections are scored against
+    /// (`multimix det-metrics --gt` reads it).
+    #[arg(long)]
+    ground_truth: Option<PathBuf>,
     /// Device: cpu, cuda, cuda:N.
     #[arg(long, default_value = "cpu")]
     device: String,
+}
+
+/// A detection run or checkpoint file: COCO AP instead of the classification suite, whose
+/// options are refused in one line.
+fn run_detection(args: EvalArgs) -> Result<()> {
+    let classification_only: Vec<&str> = [
+        ("--ood", args.ood.is_some()),
+        ("--attack", args.attack.is_some()),
+        ("--eps", args.eps.is_some()),
+        ("--detectors", args.detectors.is_some()),
+        ("--fgsm-eps", args.fgsm_eps.is_some()),
+    ]
+    .into_iter()
+    .filter_map(|(flag, given)| given.then_some(flag))
+    .collect();
+    if !classification_only.is_empty() {
+        bail!(
+            "{} {}; {} is a detection checkpoint (evaluated with COCO AP): drop {}",
+            classification_only.join(", "),
+            match classification_only.len() {
+                1 => "is a classification option",
+                _ => "are classification options",
+            },
+            args.checkpoint.display(),
+            match classification_only.len() {
+                1 => "it",
+                _ => "them",
+            }
+        );
+    }
+    super::detect::eval(super::detect::DetEvalArgs {
+        checkpoint: args.checkpoint,
+        out: args.out,
+        data: args.data,
+        predictions: args.predictions,
+        ground_truth: args.ground_truth,
+        device: args.device,
+    })
 }
 
 /// Parse an ε given as a decimal (`0.0314`) or a fraction (`8/255`), in [0, 1].
@@ -134,6 +180,15 @@ fn parse_flags(args: &EvalArgs) -> Result<Requested> {
 
 /// Evaluate the run and rewrite its report.
 pub fn run(args: EvalArgs) -> Result<()> {
+    if multimix_recipes::detection::is_detection_checkpoint(&args.checkpoint) {
+        return run_detection(args);
+    }
+    if args.predictions.is_some() || args.ground_truth.is_some() {
+        bail!(
+            "--predictions and --ground-truth are for detection checkpoints; {} is not one",
+            args.checkpoint.display()
+        );
+    }
     let requested = parse_flags(&args)?;
     let device = super::device(&args.device)?;
     // A run directory brings its configuration (data, OOD sets, ε, seed) and takes the report;

@@ -114,8 +114,9 @@ pub struct TrainArgs {
     /// Device: cpu, cuda, cuda:N.
     #[arg(long, default_value = "cpu")]
     device: String,
-    /// Task: classification, or detection (a CenterNet head on the dense outputs, trained on
-    /// synthetic canvases of the data's images; COCO AP in report.json).
+    /// Task: classification, or detection (a CenterNet head on the dense outputs: ViT tokens or
+    /// a CNN's last map, trained on synthetic canvases of the data's images; COCO AP in
+    /// report.json).
     #[arg(long, value_enum, default_value = "classification")]
     task: super::detect::Task,
     /// Detection: a classification run of this project (directory, file or
@@ -128,6 +129,10 @@ pub struct TrainArgs {
     /// Detection: synthetic test canvases (default 256).
     #[arg(long)]
     det_test_images: Option<usize>,
+    /// Detection: canvas side in pixels, a multiple of the backbone's output stride (default
+    /// 56; e.g. 64 or 224 for ImageNet-stem ResNets and 16-pixel patches).
+    #[arg(long)]
+    det_canvas: Option<usize>,
     /// Detection: train on files instead: coco:DIR (DIR/annotations.json, DIR/images/) or
     /// voc:DIR (Annotations/, JPEGImages/).
     #[arg(long, requires = "det_test_data")]
@@ -224,29 +229,17 @@ impl TrainArgs {
 
 /// Train, evaluate, write the report, print the run directory.
 pub fn run(args: TrainArgs) -> Result<()> {
-    if args.task == super::detect::Task::Detection {
-        let det = super::detect::DetectArgs {
-            out: args.out.clone(),
-            // A run pushed to a hub (hf-hub:owner/name) is fetched into the cache first.
-            init: match &args.init {
-                Some(p) => Some(
-                    CheckpointSource::parse(p)
-                        .and_then(|source| source.fetch(HubOptions::from_env()))
-                        .with_context(|| format!("--init {}", p.display()))?,
-                ),
-                None => None,
-            },
-            resume: args.resume.is_some(),
-            images: args.det_images,
-            test_images: args.det_test_images,
-            data: args.det_data.clone(),
-            test_data: args.det_test_data.clone(),
-        };
-        return super::detect::run(args.config()?, det, &args.device);
+    let resumes_detection = args.resume.as_ref().is_some_and(|d| {
+        d.join(multimix_recipes::detection::DETECTION_FILE)
+            .is_file()
+    });
+    if args.task == super::detect::Task::Detection || resumes_detection {
+        return run_detection(&args);
     }
     if args.init.is_some()
         || args.det_images.is_some()
         || args.det_test_images.is_some()
+        || args.det_canvas.is_some()
         || args.det_data.is_some()
     {
         bail!("--init and the --det-* options need --task detection");
@@ -318,6 +311,56 @@ pub fn run(args: TrainArgs) -> Result<()> {
     }
     println!("{}", run.path().display());
     Ok(())
+}
+
+/// `--task detection` (or `--resume` of a detection run): the detection recipe, with the same
+/// Ctrl-C handling as classification.
+fn run_detection(args: &TrainArgs) -> Result<()> {
+    if let Some(dir) = &args.resume {
+        let has_det_flags = args.init.is_some()
+            || args.det_images.is_some()
+            || args.det_test_images.is_some()
+            || args.det_canvas.is_some()
+            || args.det_data.is_some();
+        if args.has_overrides() || has_det_flags {
+            bail!(
+                "--resume continues {} with its own config.toml and detection.toml; drop the other training flags",
+                dir.display()
+            );
+        }
+        if !dir
+            .join(multimix_recipes::detection::DETECTION_FILE)
+            .is_file()
+        {
+            bail!(
+                "--task detection --resume {}: not a detection run (it has no detection.toml)",
+                dir.display()
+            );
+        }
+    }
+    let det = super::detect::DetectArgs {
+        out: args.out.clone(),
+        // A run pushed to a hub (hf-hub:owner/name) is fetched into the cache first.
+        init: match &args.init {
+            Some(p) => Some(
+                CheckpointSource::parse(p)
+                    .and_then(|source| source.fetch(HubOptions::from_env()))
+                    .with_context(|| format!("--init {}", p.display()))?,
+            ),
+            None => None,
+        },
+        resume: args.resume.clone(),
+        images: args.det_images,
+        test_images: args.det_test_images,
+        canvas: args.det_canvas,
+        data: args.det_data.clone(),
+        test_data: args.det_test_data.clone(),
+    };
+    let control = TrainControl {
+        interrupt: Some(interrupt::on_ctrl_c()),
+        ..TrainControl::default()
+    };
+    super::detect::run(args.config()?, det, &args.device, control)
 }
 
 /// Ctrl-C during training: the first one asks the loop to save a checkpoint and stop after the

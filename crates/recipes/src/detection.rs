@@ -10,40 +10,41 @@
 //! linear layers on each token): the tokens already see the whole image through attention, and
 //! every op is a matmul or an element-wise op with candle's own backward.
 
-use crate::config::TrainConfig;
+mod recipe;
+
+pub use recipe::{
+    build_detector, dense_grid, detection_test_set, is_detection_checkpoint, is_detection_files,
+    load_init, output_stride, read_detection_config, read_detection_spec, train_detection,
+    DetectionOutcome, DetectionReport, DetectionTrainer, CONVENTION,
+};
+
 use crate::error::{RecipeError, Result};
-use crate::optim::{clip_grad_norm, NamedParam};
-use crate::progress::Progress;
-use crate::run::{EpochMetrics, RunDir, MODEL_FILE, REPORT_JSON};
-use crate::train::{build_schedule, optimizer_for, META_MODEL_CONFIG};
 use candle_core::{DType, Device, Tensor, D};
 use multimix_backbones::layers::Linear;
-use multimix_backbones::{ops, Ctx, Init, Model, ModelConfig, ParamStore};
-use multimix_data::detection::{
-    read_coco, read_voc, synthetic, DetectionSet, ImageShape, ObjectBox, SyntheticConfig,
-};
-use multimix_data::loader::epoch_order;
-use multimix_data::DataSpec;
+use multimix_backbones::{ops, Ctx, Init, Model, ParamStore};
+use multimix_data::detection::{DetectionSet, ObjectBox};
 use multimix_eval::detection::{coco_ap, CocoAp, Detection, GroundTruth, GtBox, IdEntry};
-use multimix_hub::checkpoint::{load_safetensors, save_safetensors};
-use rand::{RngCore, SeedableRng};
-use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
-use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
+
+/// The file of a detection run directory holding its [`DetectionConfig`] (beside
+/// `config.toml`); its presence marks the run as a detection run.
+pub const DETECTION_FILE: &str = "detection.toml";
 
 /// Prior probability of an object at initialization: the heatmap bias is `-log((1 - π) / π)`
 /// (CenterNet's -2.19).
 const PRIOR: f64 = 0.1;
 
-/// Options of the detection recipe (the rest comes from the [`TrainConfig`]).
+/// Options of the detection recipe (the rest comes from the
+/// [`TrainConfig`](crate::config::TrainConfig)); `detection.toml` in a run directory.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct DetectionConfig {
     /// Training canvases of the synthetic set.
     pub train_images: usize,
     /// Test canvases (drawn with another seed).
     pub test_images: usize,
-    /// Canvas side in pixels (a multiple of the patch size).
+    /// Canvas side in pixels (a multiple of the backbone's output stride).
     pub canvas: usize,
     /// Most objects per canvas (at least one each).
     pub max_objects: usize,
@@ -86,6 +87,18 @@ impl Default for DetectionConfig {
             train_data: None,
             test_data: None,
         }
+    }
+}
+
+impl DetectionConfig {
+    /// Parse `detection.toml`.
+    pub fn from_toml(text: &str) -> Result<Self, toml::de::Error> {
+        toml::from_str(text)
+    }
+
+    /// The options as TOML.
+    pub fn to_toml(&self) -> Result<String, toml::ser::Error> {
+        toml::to_string_pretty(self)
     }
 }
 
@@ -461,7 +474,21 @@ impl Detector {
     /// Head outputs for images `[B, C, H, W]` in [0, 1].
     pub fn forward(&self, images: &Tensor, ctx: &mut Ctx) -> candle_core::Result<HeadOutput> {
         let features = self.model.forward_features(images, ctx)?;
-        self.head.forward(&self.model.backbone().dense(&features)?)
+        let dense = self.model.backbone().dense(&features)?;
+        let (h, w) = self.grid;
+        if dense.dim(1)? != h * w {
+            candle_core::bail!(
+                "the backbone gives {} positions for {:?} images, the head expects a {h}×{w} map",
+                dense.dim(1)?,
+                images.dims()
+            );
+        }
+        self.head.forward(&dense)
+    }
+
+    /// Number of classes the head detects.
+    pub fn num_classes(&self) -> usize {
+        self.head.heatmap.fc2.weight().dims()[0]
     }
 
     /// Detections of every image of `set`, in COCO's results layout.
@@ -508,389 +535,6 @@ impl Detector {
 fn images_tensor(set: &DetectionSet, indices: &[usize], device: &Device) -> Result<Tensor> {
     let shape = (indices.len(), set.channels, set.height, set.width);
     Ok(Tensor::from_vec(set.batch_pixels(indices), shape, device)?)
-}
-
-/// The backbone weights and configuration of a classification run directory (or a
-/// `model.safetensors` file).
-pub fn load_init(path: &Path, device: &Device) -> Result<(ModelConfig, BTreeMap<String, Tensor>)> {
-    let file = if path.is_dir() {
-        path.join(MODEL_FILE)
-    } else {
-        path.to_path_buf()
-    };
-    let ckpt = load_safetensors(&file, device)?;
-    let json = ckpt.metadata.get(META_MODEL_CONFIG).ok_or_else(|| {
-        RecipeError::Config(format!(
-            "--init {}: {} has no `{META_MODEL_CONFIG}` metadata: not a multimix checkpoint",
-            path.display(),
-            file.display()
-        ))
-    })?;
-    let cfg: ModelConfig = serde_json::from_str(json).map_err(|e| {
-        RecipeError::Config(format!(
-            "--init {}: invalid model configuration: {e}",
-            file.display()
-        ))
-    })?;
-    Ok((cfg, ckpt.tensors))
-}
-
-/// Read a detection set named `coco:DIR` or `voc:DIR`, images shaped to `shape`.
-pub fn read_detection_spec(spec: &str, shape: ImageShape) -> Result<DetectionSet> {
-    match spec.split_once(':') {
-        Some(("coco", dir)) if !dir.is_empty() => {
-            let dir = Path::new(dir);
-            Ok(read_coco(&dir.join("annotations.json"), &dir.join("images"), shape)?)
-        }
-        Some(("voc", dir)) if !dir.is_empty() => Ok(read_voc(Path::new(dir), shape)?),
-        _ => Err(RecipeError::Config(format!(
-            "detection data `{spec}`: expected coco:DIR (DIR/annotations.json, DIR/images/) or voc:DIR"
-        ))),
-    }
-}
-
-/// The training and test sets: files when `det.train_data` is set, else synthetic canvases of
-/// the data spec's training images (two seeds drawn from `rng`).
-fn detection_sets(
-    cfg: &TrainConfig,
-    det: &DetectionConfig,
-    rng: &mut ChaCha8Rng,
-    device: &Device,
-) -> Result<(DetectionSet, DetectionSet)> {
-    if let Some(train) = &det.train_data {
-        let test = det.test_data.as_deref().ok_or_else(|| {
-            RecipeError::Config(
-                "detection training data from files needs test data too (--det-test-data)".into(),
-            )
-        })?;
-        let channels = match &det.init {
-            Some(p) => load_init(p, device)?.0.arch.in_chans(),
-            None => ModelConfig::from_preset(&cfg.model.architecture, &cfg.model.args)?
-                .arch
-                .in_chans(),
-        };
-        let shape = ImageShape {
-            size: det.canvas,
-            channels,
-        };
-        let (train, test) = (
-            read_detection_spec(train, shape)?,
-            read_detection_spec(test, shape)?,
-        );
-        if train.class_names != test.class_names {
-            return Err(RecipeError::Config(format!(
-                "detection training classes {:?} differ from test classes {:?}",
-                train.class_names, test.class_names
-            )));
-        }
-        return Ok((train, test));
-    }
-    let spec: DataSpec = cfg.data.spec.parse()?;
-    let source = spec.load()?.train.ok_or_else(|| {
-        RecipeError::Config(format!(
-            "data `{spec}` has no training split to draw objects from"
-        ))
-    })?;
-    let synth = |count: usize, seed: u64| {
-        let sc = SyntheticConfig {
-            count,
-            canvas: det.canvas,
-            max_objects: det.max_objects,
-            ..SyntheticConfig::default()
-        };
-        synthetic(&source, &sc, seed)
-    };
-    let train = synth(det.train_images, rng.next_u64())?;
-    let test = synth(det.test_images, rng.next_u64())?;
-    Ok((train, test))
-}
-
-/// Per-channel mean and std of a detection set's pixels in [0, 1].
-fn mean_std(set: &DetectionSet) -> (Vec<f64>, Vec<f64>) {
-    let hw = set.height * set.width;
-    let (mut sum, mut sq) = (vec![0f64; set.channels], vec![0f64; set.channels]);
-    for img in set.images.chunks_exact(set.image_len()) {
-        for (c, plane) in img.chunks_exact(hw).enumerate() {
-            for &p in plane {
-                let v = f64::from(p) / 255.0;
-                sum[c] += v;
-                sq[c] += v * v;
-            }
-        }
-    }
-    let n = (set.len() * hw).max(1) as f64;
-    let mean: Vec<f64> = sum.iter().map(|s| s / n).collect();
-    let std = sq
-        .iter()
-        .zip(&mean)
-        .map(|(q, m)| (q / n - m * m).max(1e-12).sqrt())
-        .collect();
-    (mean, std)
-}
-
-/// What a detection run leaves: the detector, its per-epoch metrics and the final APs.
-pub struct DetectionOutcome {
-    /// The trained detector.
-    pub detector: Detector,
-    /// Per-epoch metrics (`test_accuracy` holds the test AP50).
-    pub metrics: Vec<EpochMetrics>,
-    /// AP on the training canvases.
-    pub train_ap: CocoAp,
-    /// AP on the test canvases.
-    pub test_ap: CocoAp,
-}
-
-/// The report of a detection run (`report.json`).
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct DetectionReport {
-    /// "detection".
-    pub task: String,
-    /// The evaluation convention.
-    pub convention: String,
-    /// COCO AP@[0.5:0.95] on the test canvases.
-    pub ap: f64,
-    /// AP50 on the test canvases.
-    pub ap50: f64,
-    /// AP75 on the test canvases.
-    pub ap75: f64,
-    /// The same on the training canvases.
-    pub train: CocoAp,
-    /// The detection options.
-    pub detection: DetectionConfig,
-}
-
-/// Build the detector: the backbone of `cfg.model` (or of `det.init`, its weights loaded and
-/// its position embeddings resampled to the canvas) at the canvas size, and a new head drawn
-/// from `rng`. `cfg.model` is set to the resolved backbone configuration.
-pub fn build_detector(
-    cfg: &mut TrainConfig,
-    det: &DetectionConfig,
-    train: &DetectionSet,
-    rng: &mut ChaCha8Rng,
-    device: &Device,
-) -> Result<Detector> {
-    let init = det
-        .init
-        .as_deref()
-        .map(|p| load_init(p, device))
-        .transpose()?;
-    let (architecture, mut args, norm) = match &init {
-        Some((c, _)) => {
-            let raw: multimix_backbones::RawModelConfig = c.clone().into();
-            (
-                raw.architecture,
-                raw.args,
-                Some((c.mean.clone(), c.std.clone())),
-            )
-        }
-        None => (cfg.model.architecture.clone(), cfg.model.args.clone(), None),
-    };
-    args.insert("img_size".into(), det.canvas.into());
-    args.insert("in_chans".into(), train.channels.into());
-    args.entry("num_classes")
-        .or_insert(train.num_classes().into());
-    let model_cfg = ModelConfig::from_preset(&architecture, &args)?;
-    let (mean, std) = match (norm, &cfg.model.mean, &cfg.model.std) {
-        (Some(n), _, _) => n,
-        (None, Some(m), Some(s)) => (m.clone(), s.clone()),
-        _ => mean_std(train),
-    };
-    let model_cfg = model_cfg.with_normalization(mean, std)?;
-    cfg.model = model_cfg.clone().into();
-    let multimix_backbones::ArchConfig::Vit(vit) = &model_cfg.arch else {
-        return Err(RecipeError::Config(format!(
-            "--task detection needs a ViT backbone (its patch tokens form the map); `{architecture}` is not one"
-        )));
-    };
-    let (patch, grid) = (vit.patch_size, vit.grid_size());
-    if grid * patch != det.canvas {
-        return Err(RecipeError::Config(format!(
-            "detection canvas {} is not a multiple of the patch size {patch}",
-            det.canvas
-        )));
-    }
-    let model = Model::new(&model_cfg, device, rng.next_u64())?;
-    if let Some((_, weights)) = init {
-        // Everything but the classifier, position embeddings resampled to the canvas grid as
-        // timm's checkpoint filter does (bicubic, antialiased).
-        model.load_weights_new_head(&weights)?;
-    }
-    let dim = vit.embed_dim;
-    let head_params = ParamStore::new(device, rng.next_u64());
-    let head = CenterNetHead::new(
-        &head_params.pp("det_head"),
-        dim,
-        det.head_hidden,
-        train.num_classes(),
-    )?;
-    Ok(Detector {
-        model,
-        head_params,
-        head,
-        grid: (grid, grid),
-        stride: patch as f32,
-    })
-}
-
-/// Train a CenterNet detector on the synthetic Fashion-MNIST canvases (or on COCO / VOC files,
-/// [`DetectionConfig::train_data`]): `cfg` gives the seed,
-/// model, optimizer, schedule, epochs, steps and batch size; `det` the detection options. With
-/// `run`, write `config.toml`, `metrics.jsonl`, `model.safetensors` (backbone and `det_head.*`)
-/// and `report.json` with AP, AP50, AP75 on the test canvases.
-pub fn train_detection(
-    mut cfg: TrainConfig,
-    det: &DetectionConfig,
-    device: &Device,
-    run: Option<&RunDir>,
-    progress: &mut dyn Progress,
-) -> Result<DetectionOutcome> {
-    if cfg.train.batch_size == 0
-        || cfg.train.epochs == 0
-        || (det.train_images == 0 && det.train_data.is_none())
-    {
-        return Err(RecipeError::Config(
-            "batch-size, epochs and training images must be at least 1".into(),
-        ));
-    }
-    let mut rng = ChaCha8Rng::seed_from_u64(cfg.seed);
-    let (train, test) = detection_sets(&cfg, det, &mut rng, device)?;
-    let detector = build_detector(&mut cfg, det, &train, &mut rng, device)?;
-    let mut params: Vec<NamedParam> = detector
-        .model
-        .params()
-        .trainable()
-        .into_iter()
-        .map(|(n, v)| NamedParam::new(n, v))
-        .collect();
-    params.extend(
-        detector
-            .head_params
-            .trainable()
-            .into_iter()
-            .map(|(n, v)| NamedParam::new(n, v)),
-    );
-    let vars: Vec<_> = params.iter().map(|p| p.var.clone()).collect();
-    let no_decay = detector.model.backbone().no_weight_decay();
-    let no_decay: Vec<&str> = no_decay.iter().map(String::as_str).collect();
-    let mut opt = optimizer_for(&cfg, params, &no_decay)?;
-    let batch = cfg.train.batch_size.min(train.len());
-    let steps_per_epoch = train.len().div_ceil(batch);
-    let total_steps =
-        (cfg.train.epochs * steps_per_epoch).min(cfg.train.max_steps.unwrap_or(usize::MAX));
-    let schedule = build_schedule(&cfg, steps_per_epoch, total_steps);
-    schedule
-        .validate()
-        .map_err(|e| RecipeError::Config(e.to_string()))?;
-    if let Some(run) = run {
-        run.write_config(&cfg)?;
-    }
-    let classes = train.num_classes();
-    let (mut step, mut metrics) = (0usize, Vec::new());
-    progress.start(total_steps, 0);
-    for epoch in 1..=cfg.train.epochs {
-        if step >= total_steps {
-            break;
-        }
-        let order = epoch_order(train.len(), true, rng.next_u64());
-        let (mut loss_sum, mut seen, mut lr, t0) = (0f64, 0usize, 0f64, std::time::Instant::now());
-        for chunk in order.chunks(batch) {
-            if step >= total_steps {
-                break;
-            }
-            let x = images_tensor(&train, chunk, device)?;
-            let boxes: Vec<&[ObjectBox]> =
-                chunk.iter().map(|&i| train.boxes[i].as_slice()).collect();
-            let targets = build_targets(
-                &boxes,
-                detector.grid,
-                f64::from(detector.stride),
-                classes,
-                det.min_overlap,
-                device,
-            )?;
-            let out = detector.forward(&x, &mut Ctx::train(&mut rng))?;
-            let losses = centernet_loss(&out, &targets, det)?;
-            let value = losses.total.to_scalar::<f32>()?;
-            if !value.is_finite() {
-                return Err(RecipeError::NonFiniteLoss {
-                    epoch,
-                    step: step + 1,
-                    loss: value,
-                });
-            }
-            let mut grads = losses.total.backward()?;
-            if let Some(max_norm) = cfg.optim.clip_grad {
-                clip_grad_norm(&mut grads, &vars, max_norm)?;
-            }
-            lr = schedule.lr_at(step);
-            opt.step(&grads, lr)?;
-            step += 1;
-            seen += chunk.len();
-            loss_sum += f64::from(value) * chunk.len() as f64;
-            progress.step(
-                epoch,
-                cfg.train.epochs,
-                f64::from(value),
-                seen as f64 / t0.elapsed().as_secs_f64().max(1e-9),
-            );
-        }
-        let m = EpochMetrics {
-            epoch,
-            step,
-            train_loss: loss_sum / seen.max(1) as f64,
-            test_accuracy: match test.is_empty() {
-                true => 0.0,
-                false => {
-                    detector
-                        .evaluate(&test, cfg.eval.batch_size, det.top_k, device)?
-                        .ap50
-                }
-            },
-            lr,
-            images_per_sec: seen as f64 / t0.elapsed().as_secs_f64().max(1e-9),
-        };
-        progress.epoch(&m, cfg.train.epochs);
-        metrics.push(m);
-        if let Some(run) = run {
-            run.write_metrics(&metrics)?;
-        }
-    }
-    progress.finish();
-    let train_ap = detector.evaluate(&train, cfg.eval.batch_size, det.top_k, device)?;
-    let test_ap = match test.is_empty() {
-        true => CocoAp {
-            ap: -1.0,
-            ap50: -1.0,
-            ap75: -1.0,
-        },
-        false => detector.evaluate(&test, cfg.eval.batch_size, det.top_k, device)?,
-    };
-    if let Some(run) = run {
-        let mut weights = detector.model.params().tensors()?;
-        weights.extend(detector.head_params.tensors()?);
-        let config_json = serde_json::to_string(detector.model.config())
-            .map_err(|e| RecipeError::Config(e.to_string()))?;
-        let meta = BTreeMap::from([(META_MODEL_CONFIG.to_string(), config_json)]);
-        save_safetensors(&run.file(MODEL_FILE), &weights, &meta)?;
-        let report = DetectionReport {
-            task: "detection".into(),
-            convention: "COCO bbox AP as pycocotools: IoU 0.5:0.05:0.95, 101-point recall, maxDets 100, area all; test canvases".into(),
-            ap: test_ap.ap,
-            ap50: test_ap.ap50,
-            ap75: test_ap.ap75,
-            train: train_ap,
-            detection: det.clone(),
-        };
-        let json = serde_json::to_string_pretty(&report)
-            .map_err(|e| RecipeError::Config(e.to_string()))?;
-        run.write(REPORT_JSON, json.as_bytes())?;
-    }
-    Ok(DetectionOutcome {
-        detector,
-        metrics,
-        train_ap,
-        test_ap,
-    })
 }
 
 #[cfg(test)]

@@ -13,7 +13,7 @@ use crate::progress::Progress;
 use crate::run::{EpochMetrics, RngState, RunDir, CHECKPOINT_FILE, MODEL_FILE};
 use crate::schedule::LrSchedule;
 use candle_core::{Device, Tensor};
-use multimix_backbones::{Model, ModelConfig, RawModelConfig};
+use multimix_backbones::{Model, ModelConfig, ParamStore, RawModelConfig};
 use multimix_data::{conform, Augment, Batches, DataSpec, Dataset, LoaderConfig};
 use multimix_eval::suite::{logits, top1};
 use multimix_hub::checkpoint::{load_safetensors, save_safetensors};
@@ -46,13 +46,13 @@ pub struct TrainControl {
 
 /// Where an interrupted epoch stood: its loader seed, the batches done and the running sums.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
-struct EpochState {
-    seed: u64,
-    batches: usize,
-    loss_sum: f64,
-    seen: usize,
-    busy: f64,
-    lr: f64,
+pub(crate) struct EpochState {
+    pub(crate) seed: u64,
+    pub(crate) batches: usize,
+    pub(crate) loss_sum: f64,
+    pub(crate) seen: usize,
+    pub(crate) busy: f64,
+    pub(crate) lr: f64,
 }
 
 /// What a finished (or stopped) run leaves in memory.
@@ -141,7 +141,7 @@ fn named(pairs: Vec<(String, candle_core::Var)>) -> Vec<NamedParam> {
 }
 
 /// The EMA teacher of self-distillation: a model whose variables the EMA averages in place.
-struct Teacher {
+pub(crate) struct Teacher {
     ema: Ema,
     model: Model,
 }
@@ -210,12 +210,12 @@ pub(crate) fn build_schedule(
 }
 
 /// The training state restored from a checkpoint.
-struct Resumed {
-    epoch: usize,
-    step: usize,
-    rng: ChaCha8Rng,
-    metrics: Vec<EpochMetrics>,
-    partial: Option<EpochState>,
+pub(crate) struct Resumed {
+    pub(crate) epoch: usize,
+    pub(crate) step: usize,
+    pub(crate) rng: ChaCha8Rng,
+    pub(crate) metrics: Vec<EpochMetrics>,
+    pub(crate) partial: Option<EpochState>,
 }
 
 fn meta_json<T: serde::de::DeserializeOwned>(
@@ -231,10 +231,13 @@ fn meta_json<T: serde::de::DeserializeOwned>(
 }
 
 /// Save `checkpoint.safetensors` (model, optimizer, RNG, progress) and `model.safetensors`.
+/// `head` holds parameters trained beside the backbone (the detection head), saved under their
+/// own names in both files; a run with one is no timm model and writes no `config.json`.
 #[allow(clippy::too_many_arguments)]
-fn save_checkpoint(
+pub(crate) fn save_checkpoint(
     run: &RunDir,
     model: &Model,
+    head: Option<&ParamStore>,
     teacher: Option<&Teacher>,
     opt: &dyn Optimizer,
     rng: &ChaCha8Rng,
@@ -243,7 +246,10 @@ fn save_checkpoint(
     metrics: &[EpochMetrics],
     partial: Option<&EpochState>,
 ) -> Result<()> {
-    let weights = model.params().tensors()?;
+    let mut weights = model.params().tensors()?;
+    if let Some(h) = head {
+        weights.extend(h.tensors()?);
+    }
     let config_json =
         serde_json::to_string(model.config()).map_err(|e| RecipeError::Config(e.to_string()))?;
     let mut all: BTreeMap<String, Tensor> = weights
@@ -277,7 +283,9 @@ fn save_checkpoint(
     save_safetensors(&run.file(CHECKPOINT_FILE), &all, &meta)?;
     let model_meta = BTreeMap::from([(META_MODEL_CONFIG.to_string(), config_json)]);
     save_safetensors(&run.file(MODEL_FILE), &weights, &model_meta)?;
-    timm_config(model.config()).write(&run.file(TIMM_CONFIG_FILE))?;
+    if head.is_none() {
+        timm_config(model.config()).write(&run.file(TIMM_CONFIG_FILE))?;
+    }
     Ok(())
 }
 
@@ -308,9 +316,11 @@ mod erased {
     }
 }
 
-fn load_checkpoint(
+/// Restore what [`save_checkpoint`] saved into `model`, `head`, `teacher` and `opt`.
+pub(crate) fn load_checkpoint(
     run: &RunDir,
     model: &Model,
+    head: Option<&ParamStore>,
     teacher: Option<&mut Teacher>,
     opt: &mut dyn Optimizer,
     device: &Device,
@@ -325,12 +335,17 @@ fn load_checkpoint(
             run.path().display()
         )));
     }
+    let head_names = head.map(ParamStore::names).unwrap_or_default();
     let mut weights = BTreeMap::new();
+    let mut head_weights = BTreeMap::new();
     let mut state = BTreeMap::new();
     let mut ema = BTreeMap::new();
     for (name, t) in ckpt.tensors {
         if let Some(n) = name.strip_prefix("model.") {
-            weights.insert(n.to_string(), t);
+            match head_names.binary_search_by(|h| h.as_str().cmp(n)) {
+                Ok(_) => head_weights.insert(n.to_string(), t),
+                Err(_) => weights.insert(n.to_string(), t),
+            };
         } else if let Some(n) = name.strip_prefix("optim.") {
             state.insert(n.to_string(), t);
         } else if let Some(n) = name.strip_prefix("ema.") {
@@ -338,6 +353,9 @@ fn load_checkpoint(
         }
     }
     model.load_weights(&weights, true)?;
+    if let Some(h) = head {
+        h.load(&head_weights, true)?;
+    }
     if let Some(t) = teacher {
         t.load(&ema)?;
     }
@@ -485,6 +503,7 @@ impl Trainer {
             let r = load_checkpoint(
                 run,
                 &self.model,
+                None,
                 self.teacher.as_mut(),
                 self.opt.as_mut(),
                 &self.device,
@@ -563,6 +582,7 @@ impl Trainer {
                     save_checkpoint(
                         run,
                         model,
+                        None,
                         teacher,
                         opt,
                         &self.rng,
@@ -599,7 +619,7 @@ impl Trainer {
             metrics.push(m);
             let (teacher, opt) = (self.teacher.as_ref(), self.opt.as_ref());
             save_checkpoint(
-                run, model, teacher, opt, &self.rng, epoch, step, &metrics, None,
+                run, model, None, teacher, opt, &self.rng, epoch, step, &metrics, None,
             )?;
             run.write_metrics(&metrics)?;
             run.write_curves(&metrics)?;
