@@ -6,6 +6,7 @@
 //! is applied over all `n · r` mixed positions.
 
 use crate::error::{AugmentError, Result};
+use crate::loss::{dense_multimix_fused, fused, soft_cross_entropy};
 use candle_core::{Tensor, D};
 
 /// The `ε` of the per-position normalization `ξ̂ = ξ / (Σ_i ξ + ε)` and of `relu-l1`.
@@ -164,4 +165,44 @@ pub fn mix_dense_targets_factored(
     let (_, r) = attn.dims2()?;
     let per_position = targets.unsqueeze(1)?.broadcast_as((b, r, c))?;
     mix_dense_factored(lambda, attn, &per_position)
+}
+
+/// Dense MultiMix's loss for an affine head (METHOD.md §3): per-position logits `L` `[b, r, c]`
+/// mixed as in [`mix_dense_factored`], targets `Y` (`[b, c]` shared by an example's positions,
+/// or `[b, r, c]` per position) mixed with the same weights, soft cross-entropy averaged over
+/// the `n · r` mixed positions.
+///
+/// Equals `soft_cross_entropy` of [`mix_dense_factored`] and [`mix_dense_targets_factored`]. For
+/// f32 on the CPU it is one autograd node with a hand-written backward: to the logits, and to
+/// the attention `A` `[b, r]` when `A` is tracked (`--attn-detach false`); the mixed targets are
+/// constants, as in [`soft_cross_entropy`].
+pub fn dense_multimix_loss(
+    lambda: &Tensor,
+    attn: &Tensor,
+    logits: &Tensor,
+    targets: &Tensor,
+) -> Result<Tensor> {
+    let (_, b) = lambda.dims2()?;
+    let (bl, r, c) = logits.dims3()?;
+    let targets_fit = targets.dims() == [bl, c] || targets.dims() == [bl, r, c];
+    if b != bl || attn.dims() != [bl, r] || !targets_fit {
+        return Err(AugmentError::Shape(format!(
+            "interpolation matrix {:?}, attention {:?}, logits {:?} and targets {:?} do not fit",
+            lambda.dims(),
+            attn.dims(),
+            logits.dims(),
+            targets.dims()
+        )));
+    }
+    if fused(&[lambda, attn, logits, targets]) {
+        return Ok(dense_multimix_fused(
+            lambda, attn, logits, targets, DENSE_EPS,
+        )?);
+    }
+    let mixed = mix_dense_factored(lambda, attn, logits)?;
+    let mixed_targets = match targets.rank() {
+        2 => mix_dense_targets_factored(lambda, attn, targets)?,
+        _ => mix_dense_factored(lambda, attn, targets)?,
+    };
+    Ok(soft_cross_entropy(&mixed, &mixed_targets)?)
 }
