@@ -85,7 +85,8 @@ pub fn multimix_loss(lambda: &Tensor, logits: &Tensor, targets: &Tensor) -> Resu
             targets.dims()
         )));
     }
-    if fused(&[lambda, logits, targets]) {
+    // The custom op needs non-empty operands; empty ones take the composition.
+    if fused(&[lambda, logits, targets]) && lambda.elem_count() > 0 && logits.elem_count() > 0 {
         Ok(multimix_fused(lambda, logits, targets)?)
     } else {
         let mixed = mix_rows(lambda, logits)?;

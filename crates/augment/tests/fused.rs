@@ -4,7 +4,7 @@
 
 use candle_core::{DType, Device, Tensor, Var};
 use multimix_augment::dense::{
-    attention, dense_multimix_loss, mix_dense_factored, mix_dense_targets_factored,
+    attention, dense_multimix_loss, gap_query, mix_dense_factored, mix_dense_targets_factored,
 };
 use multimix_augment::loss::soft_cross_entropy;
 use multimix_augment::multimix::{mix_rows, multimix_loss};
@@ -278,6 +278,20 @@ fn fused_losses_reject_mismatched_shapes() {
     let y = uniform(&mut rng, &[3, 5], 1.0);
     let err = dense_multimix_loss(&lambda, &attn, &dense, &y).unwrap_err();
     assert!(err.to_string().contains("attention [3, 3]"), "{err}");
+}
+
+/// The `gap` query (a batched product) is the mean over positions, in value and gradient.
+#[test]
+fn gap_query_is_the_mean_over_positions() {
+    let mut rng = ChaCha8Rng::seed_from_u64(5);
+    let z = Var::from_tensor(&uniform(&mut rng, &[6, 5, 4], 2.0)).unwrap();
+    let w = uniform(&mut rng, &[6, 4], 1.0);
+    let gap = gap_query(&z).unwrap();
+    let mean = z.mean(1).unwrap();
+    assert!(rel_diff(&gap, &mean) < 1e-6);
+    let g_gap = (gap * &w).unwrap().sum_all().unwrap().backward().unwrap();
+    let g_mean = (mean * &w).unwrap().sum_all().unwrap().backward().unwrap();
+    assert!(rel_diff(g_gap.get(&z).unwrap(), g_mean.get(&z).unwrap()) < 1e-6);
 }
 
 /// The parallel sampler gives the same Λ for the same seed whatever the number of threads, and

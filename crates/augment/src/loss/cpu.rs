@@ -171,7 +171,7 @@ pub(super) struct SpikedRows {
 impl SpikedRows {
     /// The spiked form of row-major `[b, c]` targets `y`, if every row has one.
     pub fn detect(y: &[f32], c: usize) -> Option<Self> {
-        let b = if c == 0 { 0 } else { y.len() / c };
+        let b = y.len().checked_div(c).unwrap_or(0);
         let mut out = Self {
             off: Vec::with_capacity(b),
             spike: Vec::with_capacity(b),

@@ -6,7 +6,8 @@
 //! rayon-parallel over tuples. Targets that are one-hot (label-smoothed or not) are mixed in
 //! `O(b)` per tuple (and position) instead of a product over the classes.
 
-use super::cpu::{axpy, dot_shifted_f64, exp_shifted, matmul, max_f32, storage_f32, sum_f64};
+use super::cpu::{axpy, dot_shifted_f64, exp_nonpositive, exp_shifted, matmul, max_f32};
+use super::cpu::{storage_f32, sum_f64};
 use super::cpu::{with_f32, Mat, SpikedRows};
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, Device, Error, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
@@ -167,10 +168,11 @@ pub(super) enum DenseTargets {
     PerPosition(Vec<f32>),
 }
 
-/// What the forward pass of [`DenseMultiMixCe`] keeps for the backward pass.
+/// What the forward pass of [`DenseMultiMixCe`] keeps for the backward pass, per tuple `k` in
+/// the class-major layout `[c, r]`.
 #[derive(Default)]
 struct DenseSaved {
-    /// `H_kp = ∂loss/∂L̃_kp / den_kp` `[n, r, c]`.
+    /// `H_kp = ∂loss/∂L̃_kp / den_kp` `[n, c, r]`.
     h: Vec<f32>,
     /// `s_kp = H_kp · L̃_kp` `[n, r]`.
     s: Vec<f32>,
@@ -181,6 +183,9 @@ struct DenseSaved {
 /// targets `Ỹ_kp` mixed with the same weights (constants: no gradient through them), soft
 /// cross-entropy averaged over the `n·r` positions.
 /// Backward with `Q = Λᵀ H`: `dZ_ip = a_ip Q_ip`, `dA_ip = Q_ip · Z_ip − (Λᵀ s)_ip`.
+///
+/// Internally every tuple's mixed values are class-major (`[c, r]`, positions contiguous), so the
+/// softmax over classes runs with the positions in the SIMD lanes, however few classes there are.
 pub(super) struct DenseMultiMixCe {
     /// `Λ` `[n, b]`, row-major.
     lambda: Vec<f32>,
@@ -194,64 +199,109 @@ pub(super) struct DenseMultiMixCe {
     saved: Mutex<DenseSaved>,
 }
 
+/// `ln x` for finite `x ≥ 1` (Cephes `logf`: `x = 2^e·m`, `m ∈ [√½, √2)`, degree-8 polynomial;
+/// ≈1 ulp). Branch-free, so it vectorizes.
+#[inline(always)]
+pub(super) fn ln_at_least_one(x: f32) -> f32 {
+    let bits = x.to_bits();
+    // x = 2^e · m with m ∈ [0.5, 1).
+    let e = ((bits >> 23) as i32 - 126) as f32;
+    let m = f32::from_bits((bits & 0x007f_ffff) | 0x3f00_0000);
+    let small = m < std::f32::consts::FRAC_1_SQRT_2;
+    let e = if small { e - 1.0 } else { e };
+    let m = if small { m + m - 1.0 } else { m - 1.0 };
+    let z = m * m;
+    let p = 7.037_683_6e-2;
+    let p = p * m - 1.151_461e-1;
+    let p = p * m + 1.167_699_9e-1;
+    let p = p * m - 1.242_014_1e-1;
+    let p = p * m + 1.424_932_3e-1;
+    let p = p * m - 1.666_805_8e-1;
+    let p = p * m + 2.000_071_4e-1;
+    let p = p * m - 2.499_999_4e-1;
+    let p = p * m + 3.333_333e-1;
+    let y = p * m * z - 2.121_944_4e-4 * e - 0.5 * z;
+    m + y + 0.693_359_4 * e
+}
+
 simd_kernel! {
-    /// One tuple `k` of dense MultiMix: per position `p` the mixed logits `num_p / den_p` and
-    /// targets `tnum_p / den_p` (`[r, c]` each, `den` `[r]`), the loss summed over positions,
-    /// `h_p = scale·(softmax·Σ ỹ − ỹ) / den_p` and `s_p = h_p · L̃_p`. `lx`, `ly` hold one row.
+    /// One tuple `k` of dense MultiMix, class-major: `h` `[c, r]` holds the numerators of the
+    /// mixed logits on entry, `tnum` `[c, r]` those of the targets, `den` `[r]` the normalizers.
+    /// Returns the loss summed over the `r` positions and overwrites
+    /// `h = scale·(softmax(L̃)·Σ_c Ỹ − Ỹ) / den`; writes `s = Σ_c h·L̃` `[r]`.
+    /// `lx` `[c, r]` and `stats` `[5r]` are scratch.
     fn dense_tuple(
-        num: &[f32],
+        h: &mut [f32],
         tnum: &[f32],
         den: &[f32],
-        h: &mut [f32],
         s: &mut [f32],
         lx: &mut [f32],
-        ly: &mut [f32],
+        stats: &mut [f32],
         scale: f32,
     ) -> f64 {
-        let c = lx.len();
-        let mut total = 0.0;
-        let rows = num.chunks_exact(c).zip(tnum.chunks_exact(c));
-        let outs = h.chunks_exact_mut(c).zip(s.iter_mut());
-        for (((num, tnum), (h, s)), &den) in rows.zip(outs).zip(den) {
-            let inv = 1.0 / den;
-            for ((lx, ly), (&x, &y)) in lx.iter_mut().zip(ly.iter_mut()).zip(num.iter().zip(tnum)) {
-                *lx = x * inv;
-                *ly = y * inv;
+        let r = den.len();
+        let max = |a: f32, b: f32| if a > b { a } else { b };
+        let (inv, rest) = stats.split_at_mut(r);
+        let (mx, rest) = rest.split_at_mut(r);
+        let (se, rest) = rest.split_at_mut(r);
+        let (sy, dot) = rest.split_at_mut(r);
+        let dot = &mut dot[..r];
+        for p in 0..r {
+            inv[p] = 1.0 / den[p];
+        }
+        mx.fill(f32::NEG_INFINITY);
+        for (l, x) in lx.chunks_exact_mut(r).zip(h.chunks_exact(r)) {
+            for p in 0..r {
+                l[p] = x[p] * inv[p];
+                mx[p] = max(mx[p], l[p]);
             }
-            total += ce_row(lx, ly, h, scale);
-            let mut dot = 0.0f32;
-            for (h, &x) in h.iter_mut().zip(lx.iter()) {
-                *h *= inv;
-                dot += *h * x;
+        }
+        se.fill(0.0);
+        sy.fill(0.0);
+        dot.fill(0.0);
+        // `h` holds exp(L̃ − max) until it is overwritten below.
+        let classes = lx.chunks_exact(r).zip(tnum.chunks_exact(r));
+        for ((l, t), e) in classes.zip(h.chunks_exact_mut(r)) {
+            for p in 0..r {
+                let shifted = l[p] - mx[p];
+                e[p] = exp_nonpositive(shifted);
+                se[p] += e[p];
+                let y = t[p] * inv[p];
+                sy[p] += y;
+                dot[p] += y * shifted;
             }
-            *s = dot;
+        }
+        // Loss per position: Σ_c ỹ·(lse − l̃) = ln(Σ e)·Σ ỹ − Σ ỹ·(l̃ − max).
+        for p in 0..r {
+            dot[p] = ln_at_least_one(se[p]) * sy[p] - dot[p];
+            // From here on: the softmax scale Σ ỹ / Σ e.
+            se[p] = sy[p] / se[p];
+        }
+        let total = dot.iter().map(|&v| f64::from(v)).sum::<f64>();
+        s.fill(0.0);
+        let classes = lx.chunks_exact(r).zip(tnum.chunks_exact(r));
+        for ((l, t), h) in classes.zip(h.chunks_exact_mut(r)) {
+            for p in 0..r {
+                let g = scale * (h[p] * se[p] - t[p] * inv[p]);
+                h[p] = g * inv[p];
+                s[p] += h[p] * l[p];
+            }
         }
         total
     }
 }
 
 simd_kernel! {
-    /// The target numerators of tuple `k` for spiked targets, `[r, c]`:
-    /// `tnum_pj = base_p + Σ_{i: class_i = j} λ_ki spike_i a_ip`, with `spikes` `[c, r]` scratch.
-    fn spiked_tuple(
-        lambda: &[f32],
-        attn: &[f32],
-        y: &SpikedRows,
-        base: &[f32],
-        spikes: &mut [f32],
-        tnum: &mut [f32],
-    ) {
+    /// The target numerators of tuple `k` for spiked targets, class-major `[c, r]`:
+    /// `tnum_jp = base_p + Σ_{i: class_i = j} λ_ki spike_i a_ip`.
+    fn spiked_tuple(lambda: &[f32], attn: &[f32], y: &SpikedRows, base: &[f32], tnum: &mut [f32]) {
         let r = base.len();
-        spikes.fill(0.0);
+        for t in tnum.chunks_exact_mut(r) {
+            t.copy_from_slice(base);
+        }
         let examples = lambda.iter().zip(attn.chunks_exact(r));
         for ((&l, a), (&sp, &j)) in examples.zip(y.spike.iter().zip(&y.class)) {
-            axpy(&mut spikes[j * r..(j + 1) * r], l * sp, a);
-        }
-        let c = spikes.len() / r;
-        for (p, (t, &base)) in tnum.chunks_exact_mut(c).zip(base).enumerate() {
-            for (j, t) in t.iter_mut().enumerate() {
-                *t = base + spikes[j * r + p];
-            }
+            axpy(&mut tnum[j * r..(j + 1) * r], l * sp, a);
         }
     }
 }
@@ -271,6 +321,36 @@ impl DenseMultiMixCe {
     fn n(&self) -> usize {
         self.lambda.len() / self.b.max(1)
     }
+}
+
+/// The target numerators of dense MultiMix: per tuple from spiked targets, or all at once.
+enum TargetNums {
+    /// Computed per tuple ([`spiked_tuple`]).
+    Spiked(SpikedRows),
+    /// `Λ (A ⊙ Y)` `[n, c, r]`.
+    Mixed(Vec<f32>),
+}
+
+/// `out[i, j, p] = a[i, p] · v[i, p, j]` (`[b, c, r]`, class-major) for `v` `[b, r, c]`, or
+/// `v[i, j]` when `per_position` is false (`[b, c]`).
+fn weighted_class_major(a: &[f32], v: &[f32], r: usize, c: usize, per_position: bool) -> Vec<f32> {
+    let mut out = vec![0.0f32; a.len() * c];
+    out.par_chunks_mut(c * r)
+        .zip(a.par_chunks(r))
+        .enumerate()
+        .for_each(|(i, (o, a))| {
+            for (j, o) in o.chunks_exact_mut(r).enumerate() {
+                for (p, (o, &a)) in o.iter_mut().zip(a).enumerate() {
+                    let v = if per_position {
+                        v[(i * r + p) * c + j]
+                    } else {
+                        v[i * c + j]
+                    };
+                    *o = a * v;
+                }
+            }
+        });
+    out
 }
 
 impl CustomOp2 for DenseMultiMixCe {
@@ -302,88 +382,80 @@ impl CustomOp2 for DenseMultiMixCe {
             )));
         }
         let lambda = Mat::row_major(&self.lambda, n, b);
-        // den = Λ A + ε, num = Λ (A ⊙ Z).
-        let mut den = vec![0.0f32; n * r];
-        matmul(lambda, Mat::row_major(a, b, r), &mut den);
-        den.iter_mut().for_each(|d| *d += self.eps);
-        let weighted = |v: &[f32], per_position: bool| -> Vec<f32> {
-            let mut out = vec![0.0f32; b * r * c];
-            out.par_chunks_mut(c).enumerate().for_each(|(ip, o)| {
-                let v = if per_position {
-                    &v[ip * c..(ip + 1) * c]
-                } else {
-                    &v[(ip / r) * c..(ip / r + 1) * c]
-                };
-                o.iter_mut().zip(v).for_each(|(o, &v)| *o = a[ip] * v);
-            });
-            out
-        };
-        let mut num = vec![0.0f32; n * r * c];
-        matmul(
-            lambda,
-            Mat::row_major(&weighted(z, true), b, r * c),
-            &mut num,
-        );
-        // Target numerators Λ (A ⊙ Y): O(n·b·r) for spiked targets, else one more product.
+        let (cr, t) = (c * r, TUPLES_PER_TASK);
+        // num = Λ (A ⊙ Z), class-major per tuple.
+        let mut num = vec![0.0f32; n * cr];
+        let weighted = weighted_class_major(a, z, r, c, true);
+        matmul(lambda, Mat::row_major(&weighted, b, cr), &mut num);
+        // Target numerators Λ (A ⊙ Y): O(n·b·r) per tuple for spiked targets (den and their
+        // constant part from one product, Λ [A | off ⊙ A]), else one more product.
         let spiked = match &self.targets {
             DenseTargets::PerExample(y) => SpikedRows::detect(y, c),
             DenseTargets::PerPosition(_) => None,
         };
-        let mut tnum = vec![0.0f32; n * r * c];
-        match (&spiked, &self.targets) {
+        let (den_base, tnum) = match (spiked, &self.targets) {
             (Some(y), _) => {
-                let off_a: Vec<f32> = a
-                    .chunks_exact(r)
-                    .zip(&y.off)
-                    .flat_map(|(a, &o)| a.iter().map(move |&a| a * o))
-                    .collect();
-                let mut base = vec![0.0f32; n * r];
-                matmul(lambda, Mat::row_major(&off_a, b, r), &mut base);
-                tnum.par_chunks_mut(TUPLES_PER_TASK * r * c)
-                    .zip(base.par_chunks(TUPLES_PER_TASK * r))
-                    .zip(self.lambda.par_chunks(TUPLES_PER_TASK * b))
-                    .for_each(|((t, base), l)| {
-                        let mut spikes = vec![0.0f32; c * r];
-                        let tuples = t.chunks_exact_mut(r * c).zip(base.chunks_exact(r));
-                        for ((t, base), l) in tuples.zip(l.chunks_exact(b)) {
-                            spiked_tuple(l, a, y, base, &mut spikes, t);
-                        }
-                    });
+                let mut rhs = vec![0.0f32; b * 2 * r];
+                let rows = rhs.chunks_exact_mut(2 * r).zip(a.chunks_exact(r));
+                for ((rhs, a), &off) in rows.zip(&y.off) {
+                    rhs[..r].copy_from_slice(a);
+                    rhs[r..].iter_mut().zip(a).for_each(|(o, &a)| *o = off * a);
+                }
+                let mut den_base = vec![0.0f32; n * 2 * r];
+                matmul(lambda, Mat::row_major(&rhs, b, 2 * r), &mut den_base);
+                (den_base, TargetNums::Spiked(y))
             }
-            (None, DenseTargets::PerExample(y)) => {
-                let ay = weighted(y, false);
-                matmul(lambda, Mat::row_major(&ay, b, r * c), &mut tnum);
+            (None, targets) => {
+                let mut den = vec![0.0f32; n * r];
+                matmul(lambda, Mat::row_major(a, b, r), &mut den);
+                let ay = match targets {
+                    DenseTargets::PerExample(y) => weighted_class_major(a, y, r, c, false),
+                    DenseTargets::PerPosition(y) => weighted_class_major(a, y, r, c, true),
+                };
+                let mut tnum = vec![0.0f32; n * cr];
+                matmul(lambda, Mat::row_major(&ay, b, cr), &mut tnum);
+                (den, TargetNums::Mixed(tnum))
             }
-            (None, DenseTargets::PerPosition(y)) => {
-                let ay = weighted(y, true);
-                matmul(lambda, Mat::row_major(&ay, b, r * c), &mut tnum);
-            }
-        }
-        let scale = 1.0 / (n * r) as f32;
-        let mut saved = DenseSaved {
-            h: vec![0.0f32; n * r * c],
-            s: vec![0.0f32; n * r],
         };
-        let (rc, t) = (r * c, TUPLES_PER_TASK);
+        // Per tuple: the normalizers `[r]` (with ε) and the constant part of spiked targets.
+        let dr = match tnum {
+            TargetNums::Mixed(_) => r,
+            TargetNums::Spiked(_) => 2 * r,
+        };
+        let scale = 1.0 / (n * r) as f32;
+        let mut s = vec![0.0f32; n * r];
+        // `num` becomes H tuple by tuple.
         let total: f64 = num
-            .par_chunks(t * rc)
-            .zip(tnum.par_chunks(t * rc))
-            .zip(den.par_chunks(t * r))
-            .zip(saved.h.par_chunks_mut(t * rc))
-            .zip(saved.s.par_chunks_mut(t * r))
-            .map(|((((num, tnum), den), h), s)| {
-                let (mut lx, mut ly) = (vec![0.0f32; c], vec![0.0f32; c]);
-                let tuples = num.chunks_exact(rc).zip(tnum.chunks_exact(rc));
-                let outs = h.chunks_exact_mut(rc).zip(s.chunks_exact_mut(r));
-                tuples
-                    .zip(den.chunks_exact(r))
-                    .zip(outs)
-                    .map(|(((num, tnum), den), (h, s))| {
-                        dense_tuple(num, tnum, den, h, s, &mut lx, &mut ly, scale)
-                    })
-                    .sum::<f64>()
+            .par_chunks_mut(t * cr)
+            .zip(den_base.par_chunks(t * dr))
+            .zip(s.par_chunks_mut(t * r))
+            .enumerate()
+            .map(|(task, ((h, db), s))| {
+                let mut lx = vec![0.0f32; cr];
+                let mut stats = vec![0.0f32; 5 * r];
+                let mut den = vec![0.0f32; r];
+                let mut own_tnum = vec![0.0f32; if dr == r { 0 } else { cr }];
+                let tuples = h.chunks_exact_mut(cr).zip(db.chunks_exact(dr));
+                let mut total = 0.0;
+                for (i, ((h, db), s)) in tuples.zip(s.chunks_exact_mut(r)).enumerate() {
+                    let k = task * t + i;
+                    den.iter_mut()
+                        .zip(&db[..r])
+                        .for_each(|(d, &v)| *d = v + self.eps);
+                    let tn = match &tnum {
+                        TargetNums::Mixed(tnum) => &tnum[k * cr..(k + 1) * cr],
+                        TargetNums::Spiked(y) => {
+                            let l = &self.lambda[k * b..(k + 1) * b];
+                            spiked_tuple(l, a, y, &db[r..], &mut own_tnum);
+                            &own_tnum[..]
+                        }
+                    };
+                    total += dense_tuple(h, tn, &den, s, &mut lx, &mut stats, scale);
+                }
+                total
             })
             .sum();
+        let saved = DenseSaved { h: num, s };
         *self
             .saved
             .lock()
@@ -407,37 +479,61 @@ impl CustomOp2 for DenseMultiMixCe {
             .lock()
             .map_err(|_| Error::Msg("poisoned".into()))?;
         let lambda_t = Mat::row_major(&self.lambda, n, b).t();
-        // Q = Λᵀ H `[b, r, c]`.
-        let mut q = vec![0.0f32; b * r * c];
-        matmul(lambda_t, Mat::row_major(&saved.h, n, r * c), &mut q);
+        // Q = Λᵀ H, `[b, c, r]` (class-major).
+        let mut q = vec![0.0f32; b * c * r];
+        matmul(lambda_t, Mat::row_major(&saved.h, n, c * r), &mut q);
         let name = self.name();
+        let track_attn = attn.track_op();
         let (dz, da) = with_f32(name, attn, |a| {
-            let mut dz = q.clone();
-            dz.par_chunks_mut(c).zip(a.par_iter()).for_each(|(dz, &a)| {
-                dz.iter_mut().for_each(|v| *v *= gamma * a);
-            });
-            let da = if attn.track_op() {
-                let mut ls = vec![0.0f32; b * r];
-                matmul(lambda_t, Mat::row_major(&saved.s, n, r), &mut ls);
-                with_f32(name, logits, |z| {
-                    ls.par_iter_mut()
-                        .zip(q.par_chunks(c).zip(z.par_chunks(c)))
-                        .for_each(|(ls, (q, z))| {
-                            let qz: f32 = q.iter().zip(z).map(|(q, z)| q * z).sum();
-                            *ls = gamma * (qz - *ls);
-                        });
-                    Ok(())
-                })?;
-                Some(ls)
-            } else {
-                None
-            };
-            Ok((dz, da))
+            with_f32(name, logits, |z| {
+                let mut dz = vec![0.0f32; b * r * c];
+                // (Λᵀ s) first, then dA in its place; cheap enough to compute even untracked.
+                let mut da = vec![0.0f32; b * r];
+                if track_attn {
+                    matmul(lambda_t, Mat::row_major(&saved.s, n, r), &mut da);
+                }
+                dz.par_chunks_mut(r * c)
+                    .zip(q.par_chunks(c * r))
+                    .zip(a.par_chunks(r).zip(z.par_chunks(r * c)))
+                    .zip(da.par_chunks_mut(r))
+                    .for_each(|(((dz, q), (a, z)), da)| {
+                        let positions = dz.chunks_exact_mut(c).zip(a).zip(da);
+                        for (p, ((dz, &a), da)) in positions.enumerate() {
+                            let mut qz = 0.0f32;
+                            for (j, dz) in dz.iter_mut().enumerate() {
+                                let qv = q[j * r + p];
+                                *dz = gamma * a * qv;
+                                qz += qv * z[p * c + j];
+                            }
+                            *da = gamma * (qz - *da);
+                        }
+                    });
+                Ok((dz, track_attn.then_some(da)))
+            })
         })?;
         let dz = Tensor::from_vec(dz, (b, r, c), &Device::Cpu)?;
         let da = da
             .map(|da| Tensor::from_vec(da, (b, r), &Device::Cpu))
             .transpose()?;
         Ok((Some(dz), da))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ln_at_least_one;
+
+    /// Relative error of `ln_at_least_one` against std's `f64::ln` over [1, 10⁴].
+    #[test]
+    fn ln_matches_std() {
+        let mut worst = 0.0f64;
+        for i in 0..=1_000_000 {
+            let x = 1.0 + i as f32 * 1e-2;
+            let want = f64::from(x).ln();
+            let got = f64::from(ln_at_least_one(x));
+            worst = worst.max((got - want).abs() / want.max(1e-30));
+        }
+        assert!(worst < 3e-7, "worst relative error {worst}");
+        assert_eq!(ln_at_least_one(1.0), 0.0);
     }
 }
