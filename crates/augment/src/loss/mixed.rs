@@ -224,69 +224,114 @@ pub(super) fn ln_at_least_one(x: f32) -> f32 {
     m + y + 0.693_359_4 * e
 }
 
+/// Positions per SIMD block of the dense kernels (one AVX2 register of f32).
+const BLOCK: usize = 8;
+
+/// Runs `block::<BLOCK>(p0)` over the full blocks of `r` positions and `block::<1>(p)` over the
+/// rest (the const width lets every per-position loop become straight SIMD code).
+macro_rules! by_blocks {
+    ($r:expr, |$w:ident, $p0:ident| $body:expr) => {{
+        let r = $r;
+        let full = r - r % BLOCK;
+        let mut p = 0;
+        while p < full {
+            let $p0 = p;
+            {
+                const $w: usize = BLOCK;
+                $body;
+            }
+            p += BLOCK;
+        }
+        while p < r {
+            let $p0 = p;
+            {
+                const $w: usize = 1;
+                $body;
+            }
+            p += 1;
+        }
+    }};
+}
+
+/// Positions `p0..p0 + W` of [`dense_tuple`]; returns their summed loss.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn tuple_block<const W: usize>(
+    h: &mut [f32],
+    tnum: &[f32],
+    den: &[f32],
+    s: &mut [f32],
+    lx: &mut [f32],
+    r: usize,
+    p0: usize,
+    scale: f32,
+) -> f64 {
+    let c = h.len() / r;
+    let at = |j: usize| j * r + p0..j * r + p0 + W;
+    let max = |a: f32, b: f32| if a > b { a } else { b };
+    let mut inv = [0.0f32; W];
+    let den = &den[p0..p0 + W];
+    for q in 0..W {
+        inv[q] = 1.0 / den[q];
+    }
+    let mut mx = [f32::NEG_INFINITY; W];
+    for j in 0..c {
+        let (x, l) = (&h[at(j)], &mut lx[at(j)]);
+        for q in 0..W {
+            l[q] = x[q] * inv[q];
+            mx[q] = max(mx[q], l[q]);
+        }
+    }
+    let (mut se, mut sy, mut dot) = ([0.0f32; W], [0.0f32; W], [0.0f32; W]);
+    // `h` holds exp(L̃ − max) until it is overwritten below.
+    for j in 0..c {
+        let (l, t, e) = (&lx[at(j)], &tnum[at(j)], &mut h[at(j)]);
+        for q in 0..W {
+            let shifted = l[q] - mx[q];
+            e[q] = exp_nonpositive(shifted);
+            se[q] += e[q];
+            let y = t[q] * inv[q];
+            sy[q] += y;
+            dot[q] += y * shifted;
+        }
+    }
+    // Loss per position: Σ_c ỹ·(lse − l̃) = ln(Σ e)·Σ ỹ − Σ ỹ·(l̃ − max).
+    let mut total = 0.0f64;
+    let mut ratio = [0.0f32; W];
+    for q in 0..W {
+        total += f64::from(ln_at_least_one(se[q]) * sy[q] - dot[q]);
+        ratio[q] = sy[q] / se[q];
+    }
+    let mut acc = [0.0f32; W];
+    for j in 0..c {
+        let (l, t, h) = (&lx[at(j)], &tnum[at(j)], &mut h[at(j)]);
+        for q in 0..W {
+            let g = scale * (h[q] * ratio[q] - t[q] * inv[q]);
+            h[q] = g * inv[q];
+            acc[q] += h[q] * l[q];
+        }
+    }
+    s[p0..p0 + W].copy_from_slice(&acc);
+    total
+}
+
 simd_kernel! {
     /// One tuple `k` of dense MultiMix, class-major: `h` `[c, r]` holds the numerators of the
     /// mixed logits on entry, `tnum` `[c, r]` those of the targets, `den` `[r]` the normalizers.
     /// Returns the loss summed over the `r` positions and overwrites
     /// `h = scale·(softmax(L̃)·Σ_c Ỹ − Ỹ) / den`; writes `s = Σ_c h·L̃` `[r]`.
-    /// `lx` `[c, r]` and `stats` `[5r]` are scratch.
+    /// `lx` `[c, r]` is scratch.
     fn dense_tuple(
         h: &mut [f32],
         tnum: &[f32],
         den: &[f32],
         s: &mut [f32],
         lx: &mut [f32],
-        stats: &mut [f32],
         scale: f32,
     ) -> f64 {
         let r = den.len();
-        let max = |a: f32, b: f32| if a > b { a } else { b };
-        let (inv, rest) = stats.split_at_mut(r);
-        let (mx, rest) = rest.split_at_mut(r);
-        let (se, rest) = rest.split_at_mut(r);
-        let (sy, dot) = rest.split_at_mut(r);
-        let dot = &mut dot[..r];
-        for p in 0..r {
-            inv[p] = 1.0 / den[p];
-        }
-        mx.fill(f32::NEG_INFINITY);
-        for (l, x) in lx.chunks_exact_mut(r).zip(h.chunks_exact(r)) {
-            for p in 0..r {
-                l[p] = x[p] * inv[p];
-                mx[p] = max(mx[p], l[p]);
-            }
-        }
-        se.fill(0.0);
-        sy.fill(0.0);
-        dot.fill(0.0);
-        // `h` holds exp(L̃ − max) until it is overwritten below.
-        let classes = lx.chunks_exact(r).zip(tnum.chunks_exact(r));
-        for ((l, t), e) in classes.zip(h.chunks_exact_mut(r)) {
-            for p in 0..r {
-                let shifted = l[p] - mx[p];
-                e[p] = exp_nonpositive(shifted);
-                se[p] += e[p];
-                let y = t[p] * inv[p];
-                sy[p] += y;
-                dot[p] += y * shifted;
-            }
-        }
-        // Loss per position: Σ_c ỹ·(lse − l̃) = ln(Σ e)·Σ ỹ − Σ ỹ·(l̃ − max).
-        for p in 0..r {
-            dot[p] = ln_at_least_one(se[p]) * sy[p] - dot[p];
-            // From here on: the softmax scale Σ ỹ / Σ e.
-            se[p] = sy[p] / se[p];
-        }
-        let total = dot.iter().map(|&v| f64::from(v)).sum::<f64>();
-        s.fill(0.0);
-        let classes = lx.chunks_exact(r).zip(tnum.chunks_exact(r));
-        for ((l, t), h) in classes.zip(h.chunks_exact_mut(r)) {
-            for p in 0..r {
-                let g = scale * (h[p] * se[p] - t[p] * inv[p]);
-                h[p] = g * inv[p];
-                s[p] += h[p] * l[p];
-            }
-        }
+        let mut total = 0.0;
+        by_blocks!(r, |W, p0| total += tuple_block::<W>(h, tnum, den, s, lx, r, p0, scale));
         total
     }
 }
@@ -432,7 +477,6 @@ impl CustomOp2 for DenseMultiMixCe {
             .enumerate()
             .map(|(task, ((h, db), s))| {
                 let mut lx = vec![0.0f32; cr];
-                let mut stats = vec![0.0f32; 5 * r];
                 let mut den = vec![0.0f32; r];
                 let mut own_tnum = vec![0.0f32; if dr == r { 0 } else { cr }];
                 let tuples = h.chunks_exact_mut(cr).zip(db.chunks_exact(dr));
@@ -450,7 +494,7 @@ impl CustomOp2 for DenseMultiMixCe {
                             &own_tnum[..]
                         }
                     };
-                    total += dense_tuple(h, tn, &den, s, &mut lx, &mut stats, scale);
+                    total += dense_tuple(h, tn, &den, s, &mut lx, scale);
                 }
                 total
             })
