@@ -110,6 +110,9 @@ fn fused_dense_loss_equals_composite() {
         (9, 6, 4, 3, 5, Some(2)),
         (40, 16, 16, 10, 8, None),
         (200, 32, 9, 100, 6, Some(5)),
+        // At least 4 examples per class: spiked targets mixed by one product per class.
+        (50, 64, 8, 4, 5, None),
+        (30, 40, 3, 10, 4, Some(7)),
     ] {
         let lambda = sample_lambda(n, b, m, &mut rng);
         let z = Var::from_tensor(&uniform(&mut rng, &[b, r, d], 2.0)).unwrap();

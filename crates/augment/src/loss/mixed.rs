@@ -351,6 +351,69 @@ simd_kernel! {
     }
 }
 
+simd_kernel! {
+    /// The target numerators of tuple `k` from per-class spikes, class-major `[c, r]`:
+    /// `tnum_jp = base_p + spikes_jp`, with class `j` of the spikes at `spikes[j·stride..]`.
+    fn tuple_from_class_spikes(spikes: &[f32], stride: usize, base: &[f32], tnum: &mut [f32]) {
+        let r = base.len();
+        for (j, t) in tnum.chunks_exact_mut(r).enumerate() {
+            let sp = &spikes[j * stride..j * stride + r];
+            for ((t, &b), &sp) in t.iter_mut().zip(base).zip(sp) {
+                *t = b + sp;
+            }
+        }
+    }
+}
+
+/// The spike parts of spiked targets' numerators, `[c, n, r]`:
+/// `spikes_jkp = Σ_{i: class_i = j} λ_ki spike_i a_ip`, one product per class over its examples
+/// (worth it when the classes have several examples each; else [`spiked_tuple`] per tuple).
+fn class_spikes(lambda: &[f32], n: usize, attn: &[f32], y: &SpikedRows, c: usize) -> Vec<f32> {
+    let b = y.class.len();
+    let r = attn.len() / b.max(1);
+    let mut order: Vec<usize> = (0..b).collect();
+    order.sort_by_key(|&i| y.class[i]);
+    // Λ with its columns, and spike ⊙ A with its rows, ordered by class.
+    let lambda_by_class: Vec<f32> = lambda
+        .chunks_exact(b)
+        .flat_map(|l| order.iter().map(move |&i| l[i]))
+        .collect();
+    let spiked_attn: Vec<f32> = order
+        .iter()
+        .flat_map(|&i| {
+            attn[i * r..(i + 1) * r]
+                .iter()
+                .map(move |&a| a * y.spike[i])
+        })
+        .collect();
+    let mut spikes = vec![0.0f32; c * n * r];
+    let mut start = 0;
+    for (j, out) in spikes.chunks_exact_mut(n * r).enumerate() {
+        let end = start
+            + order[start..]
+                .iter()
+                .take_while(|&&i| y.class[i] == j)
+                .count();
+        if end > start {
+            let lhs = Mat {
+                data: &lambda_by_class[start..],
+                rows: n,
+                cols: end - start,
+                rs: b,
+                cs: 1,
+            };
+            let rhs = Mat::row_major(&spiked_attn[start * r..end * r], end - start, r);
+            matmul(lhs, rhs, out);
+        }
+        start = end;
+    }
+    spikes
+}
+
+/// Spiked targets go through [`class_spikes`] when the classes have at least this many examples
+/// of the batch on average.
+const MIN_EXAMPLES_PER_CLASS: usize = 4;
+
 impl DenseMultiMixCe {
     /// The op for `Λ` `[n, b]` (row-major), the targets and the normalization's `ε`.
     pub(super) fn new(lambda: Vec<f32>, b: usize, targets: DenseTargets, eps: f32) -> Self {
@@ -372,6 +435,8 @@ impl DenseMultiMixCe {
 enum TargetNums {
     /// Computed per tuple ([`spiked_tuple`]).
     Spiked(SpikedRows),
+    /// From the spike parts `[c, n, r]` ([`class_spikes`]), completed per tuple.
+    ByClass(Vec<f32>),
     /// `Λ (A ⊙ Y)` `[n, c, r]`.
     Mixed(Vec<f32>),
 }
@@ -432,8 +497,9 @@ impl CustomOp2 for DenseMultiMixCe {
         let mut num = vec![0.0f32; n * cr];
         let weighted = weighted_class_major(a, z, r, c, true);
         matmul(lambda, Mat::row_major(&weighted, b, cr), &mut num);
-        // Target numerators Λ (A ⊙ Y): O(n·b·r) per tuple for spiked targets (den and their
-        // constant part from one product, Λ [A | off ⊙ A]), else one more product.
+        // Target numerators Λ (A ⊙ Y): for spiked targets den and their constant part from one
+        // product, Λ [A | off ⊙ A], and the spikes in O(n·b·r) (per tuple, or one product per
+        // class when classes have several examples); else one product over all classes.
         let spiked = match &self.targets {
             DenseTargets::PerExample(y) => SpikedRows::detect(y, c),
             DenseTargets::PerPosition(_) => None,
@@ -448,7 +514,12 @@ impl CustomOp2 for DenseMultiMixCe {
                 }
                 let mut den_base = vec![0.0f32; n * 2 * r];
                 matmul(lambda, Mat::row_major(&rhs, b, 2 * r), &mut den_base);
-                (den_base, TargetNums::Spiked(y))
+                if b >= MIN_EXAMPLES_PER_CLASS * c {
+                    let spikes = class_spikes(&self.lambda, n, a, &y, c);
+                    (den_base, TargetNums::ByClass(spikes))
+                } else {
+                    (den_base, TargetNums::Spiked(y))
+                }
             }
             (None, targets) => {
                 let mut den = vec![0.0f32; n * r];
@@ -465,7 +536,7 @@ impl CustomOp2 for DenseMultiMixCe {
         // Per tuple: the normalizers `[r]` (with ε) and the constant part of spiked targets.
         let dr = match tnum {
             TargetNums::Mixed(_) => r,
-            TargetNums::Spiked(_) => 2 * r,
+            TargetNums::Spiked(_) | TargetNums::ByClass(_) => 2 * r,
         };
         let scale = 1.0 / (n * r) as f32;
         let mut s = vec![0.0f32; n * r];
@@ -491,6 +562,11 @@ impl CustomOp2 for DenseMultiMixCe {
                         TargetNums::Spiked(y) => {
                             let l = &self.lambda[k * b..(k + 1) * b];
                             spiked_tuple(l, a, y, &db[r..], &mut own_tnum);
+                            &own_tnum[..]
+                        }
+                        TargetNums::ByClass(spikes) => {
+                            let (spikes, stride) = (&spikes[k * r..], n * r);
+                            tuple_from_class_spikes(spikes, stride, &db[r..], &mut own_tnum);
                             &own_tnum[..]
                         }
                     };
