@@ -1,7 +1,9 @@
 //! What mixing costs: each op of `multimix-augment` for a batch of 128 across tuple counts,
 //! widths, class counts and positions, and full training steps (forward, backward, AdamW) of the
 //! default ViT with ERM, mixup, manifold mixup, MultiMix and dense MultiMix, all in one run so
-//! the ratios compare like with like. Medians of several repetitions after warm-up.
+//! the ratios compare like with like. Medians of several repetitions after warm-up, of wall time
+//! and of the process's CPU time (user + system, all threads: steadier than wall time on a
+//! shared machine). The ERM step is timed first and last; shares are of the mean of the two.
 //!
 //! ```sh
 //! cargo bench --bench mixing            # or: cargo bench --bench mixing -- --quick
@@ -9,10 +11,10 @@
 
 use candle_core::{Device, Tensor, Var};
 use multimix_augment::dense::{
-    attention, gap_query, mix_dense_factored, mix_dense_targets_factored,
+    attention, dense_multimix_loss, gap_query, mix_dense_factored, mix_dense_targets_factored,
 };
 use multimix_augment::loss::soft_cross_entropy;
-use multimix_augment::multimix::mix_rows;
+use multimix_augment::multimix::{mix_rows, multimix_loss};
 use multimix_augment::targets::smooth_one_hot;
 use multimix_augment::{AttnNorm, MultiMix};
 use multimix_recipes::bench::{StepSpec, TrainStep};
@@ -23,20 +25,50 @@ use std::time::Instant;
 
 const B: usize = 128;
 
-/// Median seconds of `reps` runs of `f` after `warmup` runs.
-fn median(warmup: usize, reps: usize, mut f: impl FnMut()) -> f64 {
+/// Median wall and CPU seconds of a repeated run.
+#[derive(Clone, Copy)]
+struct Timing {
+    wall: f64,
+    cpu: f64,
+}
+
+impl Timing {
+    /// `self` as a percentage of `of`, wall and CPU.
+    fn percent(self, of: Timing) -> (f64, f64) {
+        (100.0 * self.wall / of.wall, 100.0 * self.cpu / of.cpu)
+    }
+}
+
+/// CPU seconds (user + system) of this process so far, all threads.
+fn cpu_seconds() -> f64 {
+    let mut t = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `t` is a valid, writable timespec.
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_PROCESS_CPUTIME_ID, &mut t) };
+    assert_eq!(rc, 0, "clock_gettime(CLOCK_PROCESS_CPUTIME_ID)");
+    t.tv_sec as f64 + t.tv_nsec as f64 * 1e-9
+}
+
+/// Medians of wall and CPU seconds of `reps` runs of `f` after `warmup` runs.
+fn median(warmup: usize, reps: usize, mut f: impl FnMut()) -> Timing {
     for _ in 0..warmup {
         f();
     }
-    let mut t: Vec<f64> = (0..reps)
+    let (mut wall, mut cpu): (Vec<f64>, Vec<f64>) = (0..reps)
         .map(|_| {
-            let t0 = Instant::now();
+            let (t0, c0) = (Instant::now(), cpu_seconds());
             f();
-            t0.elapsed().as_secs_f64()
+            (t0.elapsed().as_secs_f64(), cpu_seconds() - c0)
         })
-        .collect();
-    t.sort_by(f64::total_cmp);
-    t[reps / 2]
+        .unzip();
+    wall.sort_by(f64::total_cmp);
+    cpu.sort_by(f64::total_cmp);
+    Timing {
+        wall: wall[reps / 2],
+        cpu: cpu[reps / 2],
+    }
 }
 
 fn uniform(rng: &mut ChaCha8Rng, dims: &[usize]) -> Tensor {
@@ -47,7 +79,7 @@ fn uniform(rng: &mut ChaCha8Rng, dims: &[usize]) -> Tensor {
 
 /// One full training step of the default ViT on a batch of 128 under `method`, as
 /// `multimix bench` runs it (the training loss, backward, AdamW).
-fn train_step_seconds(method: MixMethod, reps: usize) -> f64 {
+fn train_step(method: MixMethod, reps: usize) -> Timing {
     let spec = StepSpec {
         architecture: DEFAULT_ARCHITECTURE.into(),
         method,
@@ -62,9 +94,25 @@ fn train_step_seconds(method: MixMethod, reps: usize) -> f64 {
     })
 }
 
-/// MultiMix on `[b, k]` logits or embeddings: sample Λ, mix values and targets, loss, backward.
-fn multimix_op(n: usize, k: usize, c: usize, head: Option<&Tensor>, rng: &mut ChaCha8Rng) -> f64 {
+/// How MultiMix's loss is computed.
+#[derive(Clone, Copy)]
+enum Pooled {
+    /// The fused op on the logits (what training runs for the affine head).
+    Fused,
+    /// Mixing the logits, then `soft_cross_entropy` (the composite reference).
+    Logits,
+    /// Mixing `[b, d]` embeddings and applying a `[c, d]` head (the non-affine fallback).
+    Embeddings(usize),
+}
+
+/// MultiMix for a batch of `B`: sample Λ, mix values and targets, loss, backward.
+fn multimix_op(n: usize, c: usize, how: Pooled, rng: &mut ChaCha8Rng) -> Timing {
+    let k = match how {
+        Pooled::Embeddings(d) => d,
+        _ => c,
+    };
     let values = Var::from_tensor(&uniform(rng, &[B, k])).expect("var");
+    let head = uniform(rng, &[c, k]).t().expect("t");
     let labels: Vec<u32> = (0..B).map(|i| (i % c) as u32).collect();
     let y = smooth_one_hot(&labels, c, 0.0, &Device::Cpu).expect("targets");
     let cfg = MultiMix {
@@ -75,20 +123,26 @@ fn multimix_op(n: usize, k: usize, c: usize, head: Option<&Tensor>, rng: &mut Ch
     let mut op_rng = ChaCha8Rng::seed_from_u64(1);
     median(2, 9, || {
         let lambda = cfg.sample(B, &mut op_rng, &Device::Cpu).expect("Λ");
-        let mixed = mix_rows(&lambda, values.as_tensor()).expect("mix");
-        let logits = match head {
-            Some(w) => mixed.matmul(&w.t().expect("t")).expect("head"),
-            None => mixed,
+        let loss = match how {
+            Pooled::Fused => multimix_loss(&lambda, &values, &y).expect("loss"),
+            Pooled::Logits | Pooled::Embeddings(_) => {
+                let mixed = mix_rows(&lambda, &values).expect("mix");
+                let logits = match how {
+                    Pooled::Embeddings(_) => mixed.matmul(&head).expect("head"),
+                    _ => mixed,
+                };
+                let mixed_y = mix_rows(&lambda, &y).expect("targets");
+                soft_cross_entropy(&logits, &mixed_y).expect("loss")
+            }
         };
-        let loss =
-            soft_cross_entropy(&logits, &mix_rows(&lambda, &y).expect("targets")).expect("loss");
         loss.backward().expect("backward");
     })
 }
 
-/// Dense MultiMix on `[b, r, d]` embeddings with per-position `[b, r, c]` logits: attention,
-/// weights, mixed logits and targets, loss, backward.
-fn dense_op(n: usize, r: usize, d: usize, c: usize, rng: &mut ChaCha8Rng) -> f64 {
+/// Dense MultiMix on `[b, r, d]` embeddings with per-position `[b, r, c]` logits: attention (gap
+/// query, softmax, detached), Λ, mixed logits and targets, loss, backward; fused (as training
+/// runs) or composite.
+fn dense_op(n: usize, r: usize, d: usize, c: usize, fused: bool, rng: &mut ChaCha8Rng) -> Timing {
     let z = uniform(rng, &[B, r, d]);
     let logits = Var::from_tensor(&uniform(rng, &[B, r, c])).expect("var");
     let labels: Vec<u32> = (0..B).map(|i| (i % c) as u32).collect();
@@ -102,9 +156,13 @@ fn dense_op(n: usize, r: usize, d: usize, c: usize, rng: &mut ChaCha8Rng) -> f64
     median(2, 9, || {
         let attn = attention(&z, Some(&gap_query(&z).expect("q")), AttnNorm::Softmax).expect("a");
         let lambda = cfg.sample(B, &mut op_rng, &Device::Cpu).expect("Λ");
-        let mixed = mix_dense_factored(&lambda, &attn, logits.as_tensor()).expect("mix");
-        let targets = mix_dense_targets_factored(&lambda, &attn, &y).expect("targets");
-        let loss = soft_cross_entropy(&mixed, &targets).expect("loss");
+        let loss = if fused {
+            dense_multimix_loss(&lambda, &attn, &logits, &y).expect("loss")
+        } else {
+            let mixed = mix_dense_factored(&lambda, &attn, &logits).expect("mix");
+            let targets = mix_dense_targets_factored(&lambda, &attn, &y).expect("targets");
+            soft_cross_entropy(&mixed, &targets).expect("loss")
+        };
         loss.backward().expect("backward");
     })
 }
@@ -114,47 +172,84 @@ fn main() {
     let reps = if quick { 3 } else { 7 };
     let mut rng = ChaCha8Rng::seed_from_u64(0);
     println!("training step of {DEFAULT_ARCHITECTURE}, batch {B} (forward, backward, AdamW):");
-    let erm = train_step_seconds(MixMethod::None, reps);
-    println!("| method | ms | × ERM |\n|---|---|---|");
-    println!("| none | {:.1} | 1.00 |", erm * 1e3);
+    let first = train_step(MixMethod::None, reps);
+    println!("| method | ms | × ERM | CPU ms | × ERM (CPU) |\n|---|---|---|---|---|");
+    println!(
+        "| none | {:.1} | 1.00 | {:.1} | 1.00 |",
+        first.wall * 1e3,
+        first.cpu * 1e3
+    );
     for (name, m) in MixMethod::ALL.iter().skip(1) {
-        let t = train_step_seconds(*m, reps);
-        println!("| {name} | {:.1} | {:.3} |", t * 1e3, t / erm);
+        let t = train_step(*m, reps);
+        println!(
+            "| {name} | {:.1} | {:.3} | {:.1} | {:.3} |",
+            t.wall * 1e3,
+            t.wall / first.wall,
+            t.cpu * 1e3,
+            t.cpu / first.cpu
+        );
     }
-    println!("\nMultiMix ops, b = {B} (sample Λ, mix values and targets, loss, backward):");
-    println!("| op | n | d | c | ms | % of ERM step |\n|---|---|---|---|---|---|");
     let ns: &[usize] = if quick { &[1000] } else { &[128, 1000, 10000] };
+    let mut pooled = Vec::new();
     for &n in ns {
         for c in [10, 100] {
-            let t = multimix_op(n, c, c, None, &mut rng);
-            println!(
-                "| logits | {n} | - | {c} | {:.3} | {:.2} |",
-                t * 1e3,
-                100.0 * t / erm
-            );
+            let mut ops = vec![
+                ("fused", "-".to_string(), Pooled::Fused),
+                ("logits", "-".to_string(), Pooled::Logits),
+            ];
             for d in [192, 512] {
-                let w = uniform(&mut rng, &[c, d]);
-                let t = multimix_op(n, d, c, Some(&w), &mut rng);
-                println!(
-                    "| embeddings | {n} | {d} | {c} | {:.3} | {:.2} |",
-                    t * 1e3,
-                    100.0 * t / erm
-                );
+                ops.push(("embeddings", d.to_string(), Pooled::Embeddings(d)));
+            }
+            for (name, d, how) in ops {
+                pooled.push((name, n, d, c, multimix_op(n, c, how, &mut rng)));
             }
         }
     }
-    println!("\ndense MultiMix ops, b = {B} (attention, weights, mixed logits and targets, loss, backward):");
-    println!("| n | r | d | c | ms | % of ERM step |\n|---|---|---|---|---|---|");
+    let mut dense = Vec::new();
     for &n in ns {
         for r in [16, 64] {
             for (d, c) in [(192, 10), (512, 100)] {
-                let t = dense_op(n, r, d, c, &mut rng);
-                println!(
-                    "| {n} | {r} | {d} | {c} | {:.3} | {:.2} |",
-                    t * 1e3,
-                    100.0 * t / erm
-                );
+                let fused = dense_op(n, r, d, c, true, &mut rng);
+                let composite = dense_op(n, r, d, c, false, &mut rng);
+                dense.push((n, r, d, c, fused, composite));
             }
         }
+    }
+    let last = train_step(MixMethod::None, reps);
+    let erm = Timing {
+        wall: 0.5 * (first.wall + last.wall),
+        cpu: 0.5 * (first.cpu + last.cpu),
+    };
+    println!(
+        "\nERM step: {:.1} ms first, {:.1} ms last (CPU {:.1}, {:.1}); shares below are of the means.",
+        first.wall * 1e3,
+        last.wall * 1e3,
+        first.cpu * 1e3,
+        last.cpu * 1e3
+    );
+    println!("\nMultiMix ops, b = {B} (sample Λ, mix values and targets, loss, backward):");
+    println!("| op | n | d | c | ms | % of ERM step | % (CPU) |\n|---|---|---|---|---|---|---|");
+    for (name, n, d, c, t) in pooled {
+        let (pw, pc) = t.percent(erm);
+        println!(
+            "| {name} | {n} | {d} | {c} | {:.3} | {pw:.2} | {pc:.2} |",
+            t.wall * 1e3
+        );
+    }
+    println!(
+        "\ndense MultiMix ops, b = {B} (attention, Λ, mixed logits and targets, loss, backward):"
+    );
+    println!(
+        "| n | r | d | c | fused ms | % of ERM step | % (CPU) | composite ms | % of ERM step |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|");
+    for (n, r, d, c, fused, composite) in dense {
+        let (fw, fc) = fused.percent(erm);
+        let (cw, _) = composite.percent(erm);
+        println!(
+            "| {n} | {r} | {d} | {c} | {:.3} | {fw:.2} | {fc:.2} | {:.3} | {cw:.2} |",
+            fused.wall * 1e3,
+            composite.wall * 1e3
+        );
     }
 }

@@ -6,6 +6,7 @@
 //! is applied over all `n · r` mixed positions.
 
 use crate::error::{AugmentError, Result};
+use crate::loss::{dense_multimix_fused, fused, soft_cross_entropy};
 use candle_core::{Tensor, D};
 
 /// The `ε` of the per-position normalization `ξ̂ = ξ / (Σ_i ξ + ε)` and of `relu-l1`.
@@ -41,8 +42,15 @@ parse_kebab!(AttnQuery, "attention query", "gap" => AttnQuery::Gap, "cam" => Att
 parse_kebab!(AttnNorm, "attention normalization", "softmax" => AttnNorm::Softmax, "relu-l1" => AttnNorm::ReluL1);
 
 /// The `gap` query: the mean over positions of `Z` `[b, r, d]`, giving `[b, d]`.
+///
+/// Computed as the batched product `(1/r)·1ᵀ Z_i` (gemm), not as candle's reduction over a
+/// middle dimension, which is strided and an order of magnitude slower on the CPU.
 pub fn gap_query(z: &Tensor) -> Result<Tensor> {
-    Ok(z.mean(1)?)
+    let (b, r, _) = z.dims3()?;
+    let weights = Tensor::full(1.0 / r as f64, (1, 1, r), z.device())?
+        .to_dtype(z.dtype())?
+        .broadcast_as((b, 1, r))?;
+    Ok(weights.matmul(z)?.squeeze(1)?)
 }
 
 /// The `cam` query: the classifier rows `W_{y_i}` of the labels, `[b, d]` from `W` `[c, d]`.
@@ -164,4 +172,46 @@ pub fn mix_dense_targets_factored(
     let (_, r) = attn.dims2()?;
     let per_position = targets.unsqueeze(1)?.broadcast_as((b, r, c))?;
     mix_dense_factored(lambda, attn, &per_position)
+}
+
+/// Dense MultiMix's loss for an affine head (METHOD.md §3): per-position logits `L` `[b, r, c]`
+/// mixed as in [`mix_dense_factored`], targets `Y` (`[b, c]` shared by an example's positions,
+/// or `[b, r, c]` per position) mixed with the same weights, soft cross-entropy averaged over
+/// the `n · r` mixed positions.
+///
+/// Equals `soft_cross_entropy` of [`mix_dense_factored`] and [`mix_dense_targets_factored`]. For
+/// f32 on the CPU it is one autograd node with a hand-written backward: to the logits, and to
+/// the attention `A` `[b, r]` when `A` is tracked (`--attn-detach false`); the mixed targets are
+/// constants, as in [`soft_cross_entropy`].
+pub fn dense_multimix_loss(
+    lambda: &Tensor,
+    attn: &Tensor,
+    logits: &Tensor,
+    targets: &Tensor,
+) -> Result<Tensor> {
+    let (_, b) = lambda.dims2()?;
+    let (bl, r, c) = logits.dims3()?;
+    let targets_fit = targets.dims() == [bl, c] || targets.dims() == [bl, r, c];
+    if b != bl || attn.dims() != [bl, r] || !targets_fit {
+        return Err(AugmentError::Shape(format!(
+            "interpolation matrix {:?}, attention {:?}, logits {:?} and targets {:?} do not fit",
+            lambda.dims(),
+            attn.dims(),
+            logits.dims(),
+            targets.dims()
+        )));
+    }
+    // The custom op needs non-empty operands; empty ones take the composition.
+    if fused(&[lambda, attn, logits, targets]) && lambda.elem_count() > 0 && logits.elem_count() > 0
+    {
+        return Ok(dense_multimix_fused(
+            lambda, attn, logits, targets, DENSE_EPS,
+        )?);
+    }
+    let mixed = mix_dense_factored(lambda, attn, logits)?;
+    let mixed_targets = match targets.rank() {
+        2 => mix_dense_targets_factored(lambda, attn, targets)?,
+        _ => mix_dense_factored(lambda, attn, targets)?,
+    };
+    Ok(soft_cross_entropy(&mixed, &mixed_targets)?)
 }

@@ -1,6 +1,7 @@
 //! MultiMix (METHOD.md §2): `n` interpolated tuples of the whole batch, one Dirichlet vector each.
 
 use crate::error::{out_of_range, AugmentError, Result};
+use crate::loss::{fused, multimix_fused, soft_cross_entropy};
 use crate::sample::dirichlet_rows;
 use candle_core::{Device, Tensor};
 use rand::Rng;
@@ -64,4 +65,31 @@ pub fn mix_rows(lambda: &Tensor, x: &Tensor) -> Result<Tensor> {
         )));
     }
     Ok(lambda.matmul(x)?)
+}
+
+/// MultiMix's loss for an affine head (eqs. 6–7 with `g(ΛZ) = Λ g(Z)`): `H(ΛY, Λ L)` averaged
+/// over the `n` tuples, from the batch's logits `L` `[b, c]`, `Λ` `[n, b]` and targets `Y`
+/// `[b, c]` (a weighted sum of targets works too: the loss is linear in them).
+///
+/// Equals `soft_cross_entropy(&mix_rows(Λ, L)?, &mix_rows(Λ, Y)?)`. For f32 on the CPU it is one
+/// autograd node instead of a dozen: gradient `dL = Λᵀ (softmax(ΛL)·Σ_c ΛY − ΛY) / n`, to the
+/// logits only (`Λ` and `Y` are constants).
+pub fn multimix_loss(lambda: &Tensor, logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
+    let (_, b) = lambda.dims2()?;
+    let (bl, c) = logits.dims2()?;
+    if targets.dims() != [bl, c] || b != bl {
+        return Err(AugmentError::Shape(format!(
+            "interpolation matrix {:?}, logits {:?} and targets {:?} do not fit",
+            lambda.dims(),
+            logits.dims(),
+            targets.dims()
+        )));
+    }
+    // The custom op needs non-empty operands; empty ones take the composition.
+    if fused(&[lambda, logits, targets]) && lambda.elem_count() > 0 && logits.elem_count() > 0 {
+        Ok(multimix_fused(lambda, logits, targets)?)
+    } else {
+        let mixed = mix_rows(lambda, logits)?;
+        Ok(soft_cross_entropy(&mixed, &mix_rows(lambda, targets)?)?)
+    }
 }

@@ -5,13 +5,14 @@ use crate::config::{DistillConfig, MixConfig, MixMethod, MixSpace};
 use crate::error::{RecipeError, Result};
 use candle_core::Tensor;
 use multimix_augment::dense::{
-    attention, cam_query, gap_query, mix_dense_factored, mix_dense_targets_factored,
+    attention, cam_query, dense_multimix_loss, gap_query, mix_dense_factored,
+    mix_dense_targets_factored,
 };
 use multimix_augment::distill::teacher_probs;
 use multimix_augment::loss::soft_cross_entropy;
 use multimix_augment::manifold::mix_pairs;
 use multimix_augment::mixup::check_batch;
-use multimix_augment::multimix::mix_rows;
+use multimix_augment::multimix::{mix_rows, multimix_loss};
 use multimix_augment::sample::{beta, partners};
 use multimix_augment::targets::smooth_one_hot;
 use multimix_augment::{AttnQuery, MixMode, Mixup, MultiMix};
@@ -157,6 +158,40 @@ impl Interp {
             Interp::Dense(lambda, attn) => mix_dense_factored(lambda, attn, values)?,
         })
     }
+
+    /// Mix per-example targets `[b, c]` (shared by all positions for dense MultiMix).
+    fn mix_targets(&self, targets: &Tensor) -> Result<Tensor> {
+        Ok(match self {
+            Interp::Rows(lambda) => mix_rows(lambda, targets)?,
+            Interp::Dense(lambda, attn) => mix_dense_targets_factored(lambda, attn, targets)?,
+        })
+    }
+
+    /// `H(mix(Y), mix(L))` for unmixed logits `L` of the affine head and unmixed targets `Y`
+    /// (`[b, c]`, or per position `[b, r, c]` for dense MultiMix), as one fused op.
+    fn loss(&self, logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
+        Ok(match self {
+            Interp::Rows(lambda) => multimix_loss(lambda, logits, targets)?,
+            Interp::Dense(lambda, attn) => dense_multimix_loss(lambda, attn, logits, targets)?,
+        })
+    }
+}
+
+/// The student's logits of a MultiMix step.
+enum Student {
+    /// The affine head's logits of the unmixed embeddings (`[b, c]` or `[b, r, c]`), mixed
+    /// inside the fused loss (`g(Λ Z) = Λ g(Z)`).
+    Logits(Tensor),
+    /// The head applied to the mixed embeddings.
+    Mixed(Tensor),
+}
+
+/// The teacher's soft targets of self-distillation.
+enum TeacherTargets {
+    /// `P'` per example (or per position), to be mixed with the student's weights.
+    Unmixed(Tensor),
+    /// The teacher's predictions on its own mixed embeddings, already mixed.
+    Mixed(Tensor),
 }
 
 /// The loss of one training batch under the configured method (plus the clean term and the
@@ -211,18 +246,21 @@ pub fn training_loss(
         }
         MixMethod::Multimix | MixMethod::DenseMultimix => {
             let features = model.forward_features(&images(batch.images)?, &mut Ctx::train(rng))?;
-            let (mixed_logits, mixed_targets, interp) =
-                multimix_step(model, &features, labels, &targets, cfg, rng)?;
-            let mut loss = soft_cross_entropy(&mixed_logits, &mixed_targets)?;
-            if distill.enabled {
-                let teacher = teacher.ok_or_else(|| {
-                    RecipeError::Config("self-distillation needs a teacher model".into())
-                })?;
-                let view = images(batch.teacher_view.unwrap_or(batch.images))?;
-                let soft = teacher_targets(teacher, &view, cfg, distill, &interp)?;
-                let term = soft_cross_entropy(&mixed_logits, &soft)?;
-                loss = (loss + (term * distill.weight)?)?;
-            }
+            let (student, interp) = multimix_step(model, &features, labels, cfg, rng)?;
+            let soft = match (distill.enabled, teacher) {
+                (false, _) => None,
+                (true, None) => {
+                    return Err(RecipeError::Config(
+                        "self-distillation needs a teacher model".into(),
+                    ))
+                }
+                (true, Some(teacher)) => {
+                    let view = images(batch.teacher_view.unwrap_or(batch.images))?;
+                    Some(teacher_targets(teacher, &view, cfg, distill, &interp)?)
+                }
+            };
+            let mut loss =
+                student_loss(&student, &interp, &targets, soft.as_ref(), distill.weight)?;
             if cfg.clean_loss {
                 let z = model
                     .backbone()
@@ -235,16 +273,64 @@ pub fn training_loss(
     }
 }
 
-/// MultiMix (§2) or dense MultiMix (§3) on a batch's `features`: the student's mixed logits, the
-/// mixed targets and the interpolation used.
+/// The MultiMix loss of the student's logits under `interp`, with the distillation term
+/// `w·H(Ỹ', L̃)` when teacher targets are given. Logits of the affine head go through one fused
+/// op (the teacher's unmixed targets folded into the targets); mixed logits and the
+/// teacher-mixed term take the composition.
+fn student_loss(
+    student: &Student,
+    interp: &Interp,
+    targets: &Tensor,
+    soft: Option<&TeacherTargets>,
+    w: f64,
+) -> Result<Tensor> {
+    Ok(match student {
+        Student::Logits(logits) => {
+            // H is linear in the targets: H(ΛY, L̃) + w·H(ΛP', L̃) = H(Λ(Y + w·P'), L̃).
+            let all_targets = match soft {
+                Some(TeacherTargets::Unmixed(p)) => {
+                    let y = if p.rank() == 3 {
+                        targets.unsqueeze(1)?
+                    } else {
+                        targets.clone()
+                    };
+                    (p * w)?.broadcast_add(&y)?
+                }
+                _ => targets.clone(),
+            };
+            let loss = interp.loss(logits, &all_targets)?;
+            match soft {
+                Some(TeacherTargets::Mixed(soft)) => {
+                    let term = soft_cross_entropy(&interp.mix(logits)?, soft)?;
+                    (loss + (term * w)?)?
+                }
+                _ => loss,
+            }
+        }
+        Student::Mixed(mixed) => {
+            let loss = soft_cross_entropy(mixed, &interp.mix_targets(targets)?)?;
+            let soft = match soft {
+                Some(TeacherTargets::Unmixed(p)) => Some(interp.mix(p)?),
+                Some(TeacherTargets::Mixed(soft)) => Some(soft.clone()),
+                None => None,
+            };
+            match soft {
+                Some(soft) => (loss + (soft_cross_entropy(mixed, &soft)? * w)?)?,
+                None => loss,
+            }
+        }
+    })
+}
+
+/// MultiMix (§2) or dense MultiMix (§3) on a batch's `features`: the student's logits (unmixed
+/// for the affine head in logit space, else of the mixed embeddings) and the interpolation.
 fn multimix_step(
     model: &Model,
     features: &Tensor,
     labels: &[u32],
-    targets: &Tensor,
     cfg: &MixConfig,
     rng: &mut ChaCha8Rng,
-) -> Result<(Tensor, Tensor, Interp)> {
+) -> Result<(Student, Interp)> {
     let device = features.device();
     let backbone = model.backbone();
     let head = backbone.head();
@@ -253,12 +339,11 @@ fn multimix_step(
         // METHOD.md §2: Z̃ = Λ Z, Ỹ = Λ Y, loss H(Ỹ, g(Z̃)); g(ΛZ) = Λ g(Z) for the affine head.
         let z = backbone.pre_logits(features, &mut Ctx::train(rng))?;
         let lambda = multimix(cfg).sample(b, rng, device)?;
-        let mixed_logits = match cfg.space {
-            MixSpace::Logits => mix_rows(&lambda, &head.forward(&z)?)?,
-            MixSpace::Embeddings => head.forward(&mix_rows(&lambda, &z)?)?,
+        let student = match cfg.space {
+            MixSpace::Logits => Student::Logits(head.forward(&z)?),
+            MixSpace::Embeddings => Student::Mixed(head.forward(&mix_rows(&lambda, &z)?)?),
         };
-        let mixed_targets = mix_rows(&lambda, targets)?;
-        return Ok((mixed_logits, mixed_targets, Interp::Rows(lambda)));
+        return Ok((student, Interp::Rows(lambda)));
     }
     // METHOD.md §3: per-position weights ξ̂ from Λ and the attention, dense loss over n·r terms.
     let z = backbone.dense(features)?;
@@ -291,16 +376,17 @@ fn multimix_step(
     };
     let attn = attention(&z_att, query.as_ref(), cfg.attn_norm)?;
     let lambda = multimix(cfg).sample(b, rng, device)?;
-    let mixed_logits = match cfg.space {
-        MixSpace::Logits => mix_dense_factored(&lambda, &attn, &head.forward(&z)?)?,
-        MixSpace::Embeddings => head.forward(&mix_dense_factored(&lambda, &attn, &z)?)?,
+    let student = match cfg.space {
+        MixSpace::Logits => Student::Logits(head.forward(&z)?),
+        MixSpace::Embeddings => {
+            Student::Mixed(head.forward(&mix_dense_factored(&lambda, &attn, &z)?)?)
+        }
     };
-    let mixed_targets = mix_dense_targets_factored(&lambda, &attn, targets)?;
-    Ok((mixed_logits, mixed_targets, Interp::Dense(lambda, attn)))
+    Ok((student, Interp::Dense(lambda, attn)))
 }
 
-/// METHOD.md §4: the teacher's soft targets interpolated with the student's weights,
-/// `Λ softmax(g'(Z') / T)` (per position for dense MultiMix), or with `teacher_mixed` the
+/// METHOD.md §4: the teacher's soft targets `softmax(g'(Z') / T)` (per position for dense
+/// MultiMix), to be interpolated with the student's weights, or with `teacher_mixed` the
 /// teacher's predictions on its own mixed embeddings, `softmax(g'(Λ Z') / T)`. No gradient.
 fn teacher_targets(
     teacher: &Model,
@@ -308,7 +394,7 @@ fn teacher_targets(
     cfg: &MixConfig,
     distill: &DistillConfig,
     interp: &Interp,
-) -> Result<Tensor> {
+) -> Result<TeacherTargets> {
     let mut ctx = Ctx::eval();
     let backbone = teacher.backbone();
     let features = teacher.forward_features(view, &mut ctx)?.detach();
@@ -320,8 +406,8 @@ fn teacher_targets(
     let t = distill.temperature;
     Ok(if distill.teacher_mixed {
         // g' is affine and the weights sum to 1, so g'(Λ Z') = Λ g'(Z').
-        teacher_probs(&interp.mix(&logits)?, t)?
+        TeacherTargets::Mixed(teacher_probs(&interp.mix(&logits)?, t)?)
     } else {
-        interp.mix(&teacher_probs(&logits, t)?)?
+        TeacherTargets::Unmixed(teacher_probs(&logits, t)?)
     })
 }

@@ -60,6 +60,145 @@ pub(super) fn with_f32<R>(
     }
 }
 
+/// A strided f32 matrix view: element `(i, j)` is `data[i·rs + j·cs]`.
+#[derive(Clone, Copy)]
+pub(super) struct Mat<'a> {
+    /// The elements.
+    pub data: &'a [f32],
+    /// Rows.
+    pub rows: usize,
+    /// Columns.
+    pub cols: usize,
+    /// Row stride.
+    pub rs: usize,
+    /// Column stride.
+    pub cs: usize,
+}
+
+impl<'a> Mat<'a> {
+    /// A contiguous row-major `[rows, cols]` matrix.
+    pub fn row_major(data: &'a [f32], rows: usize, cols: usize) -> Self {
+        Self {
+            data,
+            rows,
+            cols,
+            rs: cols,
+            cs: 1,
+        }
+    }
+
+    /// The transpose (no copy).
+    pub fn t(self) -> Self {
+        Self {
+            rows: self.cols,
+            cols: self.rows,
+            rs: self.cs,
+            cs: self.rs,
+            ..self
+        }
+    }
+
+    /// True when every element `(i, j)` lies inside `data`.
+    fn fits(&self) -> bool {
+        self.rows == 0
+            || self.cols == 0
+            || (self.rows - 1) * self.rs + (self.cols - 1) * self.cs < self.data.len()
+    }
+}
+
+/// `dst = a · b` into a contiguous row-major `dst` of `[a.rows, b.cols]` (the gemm crate, as
+/// candle's CPU matmul, rayon-parallel when there is more than one thread).
+pub(super) fn matmul(a: Mat, b: Mat, dst: &mut [f32]) {
+    assert!(a.cols == b.rows && dst.len() == a.rows * b.cols && a.fits() && b.fits());
+    if dst.is_empty() {
+        return;
+    }
+    if a.cols == 0 {
+        dst.fill(0.0);
+        return;
+    }
+    let parallelism = match rayon::current_num_threads() {
+        1 => gemm::Parallelism::None,
+        t => gemm::Parallelism::Rayon(t),
+    };
+    // SAFETY: the asserts above keep every element read of `a` and `b` inside their slices and
+    // every element written inside `dst` (contiguous, exclusively borrowed); `read_dst = false`.
+    unsafe {
+        gemm::gemm(
+            a.rows,
+            b.cols,
+            a.cols,
+            dst.as_mut_ptr(),
+            1,
+            b.cols as isize,
+            false,
+            a.data.as_ptr(),
+            a.cs as isize,
+            a.rs as isize,
+            b.data.as_ptr(),
+            b.cs as isize,
+            b.rs as isize,
+            0.0,
+            1.0,
+            false,
+            false,
+            false,
+            parallelism,
+        );
+    }
+}
+
+/// `y += a·x`.
+#[inline(always)]
+pub(super) fn axpy(y: &mut [f32], a: f32, x: &[f32]) {
+    for (y, &x) in y.iter_mut().zip(x) {
+        *y += a * x;
+    }
+}
+
+/// Targets `[b, c]` whose rows are a constant plus at most one spike,
+/// `Y_i = off_i·1 + spike_i·e_{class_i}` (one-hot targets, label-smoothed or not): mixing them
+/// costs `O(b)` per tuple instead of `O(b·c)`.
+pub(super) struct SpikedRows {
+    /// The constant of each row.
+    pub off: Vec<f32>,
+    /// The spike of each row (`on − off`; 0 for a constant row).
+    pub spike: Vec<f32>,
+    /// The class of each row's spike.
+    pub class: Vec<usize>,
+}
+
+impl SpikedRows {
+    /// The spiked form of row-major `[b, c]` targets `y`, if every row has one.
+    pub fn detect(y: &[f32], c: usize) -> Option<Self> {
+        let b = y.len().checked_div(c).unwrap_or(0);
+        let mut out = Self {
+            off: Vec::with_capacity(b),
+            spike: Vec::with_capacity(b),
+            class: Vec::with_capacity(b),
+        };
+        for row in y.chunks_exact(c.max(1)) {
+            // The constant is the value shared by two of the first three entries (any value of a
+            // row with fewer than three entries).
+            let off = match *row {
+                [a, b, x, ..] if a != b && a != x => b,
+                [a, ..] => a,
+                [] => 0.0,
+            };
+            let mut others = row.iter().enumerate().filter(|(_, &v)| v != off);
+            let (class, spike) = match (others.next(), others.next()) {
+                (None, _) => (0, 0.0),
+                (Some((j, &v)), None) => (j, v - off),
+                (Some(_), Some(_)) => return None,
+            };
+            out.off.push(off);
+            out.spike.push(spike);
+            out.class.push(class);
+        }
+        Some(out)
+    }
+}
+
 /// `e^x` for `x ≤ 0` (also exact enough up to `x ≈ 88`); 0 below −87.3, where `e^x` is subnormal.
 ///
 /// Cephes `expf`: `x = n·ln2 + r`, `|r| ≤ ln2/2`, degree-7 polynomial for `e^r`, `2^n` built in

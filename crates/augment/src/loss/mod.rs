@@ -37,6 +37,7 @@ macro_rules! simd_kernel {
 
 mod cpu;
 mod log_softmax;
+mod mixed;
 mod soft_ce;
 
 use candle_core::{DType, Device, Error, Result, Tensor, D};
@@ -82,10 +83,42 @@ pub fn log_softmax_last_dim(x: &Tensor) -> Result<Tensor> {
 }
 
 /// True when the custom ops apply: every tensor is f32 and on the CPU.
-fn fused(tensors: &[&Tensor]) -> bool {
+pub(crate) fn fused(tensors: &[&Tensor]) -> bool {
     tensors
         .iter()
         .all(|t| t.dtype() == DType::F32 && matches!(t.device(), Device::Cpu))
+}
+
+/// MultiMix's loss `H(ΛY, ΛZ)` over logits `Z` `[b, c]` as one custom op (CPU, f32; shapes
+/// checked by the caller, `multimix::multimix_loss`).
+pub(crate) fn multimix_fused(lambda: &Tensor, logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
+    let (_, b) = lambda.dims2()?;
+    let (_, c) = targets.dims2()?;
+    let lambda = lambda.detach().flatten_all()?.to_vec1()?;
+    let targets = targets.detach().flatten_all()?.to_vec1()?;
+    let op = mixed::MultiMixCe::new(lambda, b, targets, c);
+    logits.contiguous()?.apply_op1(op)
+}
+
+/// Dense MultiMix's loss over per-position logits `[b, r, c]` and attention `[b, r]` as one
+/// custom op, targets `[b, c]` or `[b, r, c]` (CPU, f32; shapes checked by the caller,
+/// `dense::dense_multimix_loss`).
+pub(crate) fn dense_multimix_fused(
+    lambda: &Tensor,
+    attn: &Tensor,
+    logits: &Tensor,
+    targets: &Tensor,
+    eps: f64,
+) -> Result<Tensor> {
+    let (_, b) = lambda.dims2()?;
+    let lambda = lambda.detach().flatten_all()?.to_vec1()?;
+    let values = targets.detach().flatten_all()?.to_vec1()?;
+    let targets = match targets.rank() {
+        2 => mixed::DenseTargets::PerExample(values),
+        _ => mixed::DenseTargets::PerPosition(values),
+    };
+    let op = mixed::DenseMultiMixCe::new(lambda, b, targets, eps as f32);
+    logits.contiguous()?.apply_op2(&attn.contiguous()?, op)
 }
 
 /// The same losses composed from candle tensor ops (which have backward): the path for non-f32
