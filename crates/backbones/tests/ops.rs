@@ -381,8 +381,9 @@ fn conv_with_grads(
 
 /// The im2col + GEMM conv2d (f32) equals candle's `conv2d` and its backward (computed in f64)
 /// in output, input gradient and weight gradient, for every kernel/stride/padding a ResNet uses
-/// (3×3/1, 3×3/2, 1×1/1, 1×1/2, 7×7/2 pad 3), odd and non-square sizes, and an input split
-/// over several batch chunks (64×64 planes). candle's backward takes the transposed conv's
+/// (3×3/1, 3×3/2, 1×1/1, 1×1/2, 7×7/2 pad 3), with few and with ≥ 16 input channels (the
+/// input gradient is a fold, or for stride 1 the adjoint convolution), odd and non-square sizes,
+/// and inputs split over several batch chunks (48×48 and 64×64 planes). candle's backward takes the transposed conv's
 /// output padding from the height for both dims, so its input gradient has the wrong shape when
 /// `(h + 2p − k) mod s ≠ (w + 2p − k) mod s`; such shapes are checked in
 /// `conv2d_backward_is_the_adjoint_of_the_forward`.
@@ -401,6 +402,10 @@ fn conv2d_matches_candle_conv2d_and_its_backward() {
         (2, 3, 15, 13, 4, 7, 2, 3),
         (1, 3, 9, 9, 2, 3, 1, 0),
         (3, 2, 64, 64, 3, 3, 1, 1),
+        (2, 16, 9, 7, 8, 3, 1, 1),
+        (2, 16, 8, 8, 4, 3, 1, 0),
+        (2, 17, 6, 6, 4, 1, 1, 0),
+        (2, 16, 48, 48, 4, 3, 1, 1),
     ];
     for (b, c, h, w, o, k, s, p) in cases {
         let what = format!("b{b} c{c} {h}×{w} o{o} k{k} s{s} p{p}");
@@ -502,4 +507,30 @@ fn conv2d_backward_is_the_adjoint_of_the_forward() {
             "{what}: Σw·dw {ww} vs Σy·gy {yy}"
         );
     }
+}
+
+/// Only arguments that track gradients get one: with a plain input, the kernel's gradient is
+/// the same as with a `Var` input and the input gets none.
+#[test]
+fn conv2d_skips_the_gradient_of_an_untracked_input() {
+    let mut rng = StdRng::seed_from_u64(37);
+    let x = randn(&mut rng, &[2, 16, 6, 6], 1.0);
+    let w = Var::from_tensor(&randn(&mut rng, &[4, 16, 3, 3], 1.0)).unwrap();
+    let gy = randn(&mut rng, &[2, 4, 6, 6], 1.0);
+    let conv = |x: &Tensor| multimix_backbones::ops::conv2d(x, w.as_tensor(), 1, 1).unwrap();
+    let grads = (conv(&x) * &gy)
+        .unwrap()
+        .sum_all()
+        .unwrap()
+        .backward()
+        .unwrap();
+    assert!(grads.get(&x).is_none());
+    let (_, dx, dw) = conv_with_grads(
+        |x, w| multimix_backbones::ops::conv2d(x, w, 1, 1),
+        &x,
+        w.as_tensor(),
+        &gy,
+    );
+    assert_eq!(dx.dims(), x.dims());
+    assert_same("dw", grads.get(w.as_tensor()).unwrap(), &dw);
 }

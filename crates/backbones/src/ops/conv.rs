@@ -6,8 +6,11 @@
 //! the forward. Here a batch is split into chunks of samples; for each chunk the input patches
 //! are unfolded into `cols` `[C·kh·kw, n]` (`n` = samples × output pixels) and
 //! * forward: `y = W · cols` `[O, n]` (one GEMM, `W` seen as `[O, C·kh·kw]`), scattered to NCHW;
-//! * backward (`cols` unfolded again, not kept from the forward): `dW += dy · colsᵀ` and
-//!   `dx = col2im(Wᵀ · dy)`, `dy` gathered to `[O, n]`.
+//! * backward (`cols` unfolded again, not kept from the forward): `dW += dy · colsᵀ` with `dy`
+//!   gathered to `[O, n]`; `dx = col2im(Wᵀ · dy)`, or for stride 1 (padding < kernel) the
+//!   equal and cheaper convolution of `dy` with the flipped, transposed kernel
+//!   (`W'[c, o, ky, kx] = W[o, c, k−1−ky, k−1−kx]`, padding `k−1−p`), which needs no fold and no
+//!   `[C·k², n]` buffer.
 //!
 //! The GEMMs are candle's CPU matmul (the `gemm` crate, parallel over both cores); unfolding,
 //! folding and the NCHW gathers are rayon-parallel over rows or planes.
@@ -21,9 +24,10 @@ use rayon::prelude::*;
 
 /// Output columns (samples × output pixels) a chunk should reach, so the GEMMs are wide enough
 /// to amortize packing the weight.
-const MIN_CHUNK_COLUMNS: usize = 4096;
-/// Most elements of one chunk's unfolded patches (32 MiB of f32).
-const MAX_CHUNK_COLS: usize = 1 << 23;
+const MIN_CHUNK_COLUMNS: usize = 2048;
+/// Most elements of one chunk's unfolded patches (8 MiB of f32: small chunks stay in cache,
+/// which matters more than GEMM width for the wide early layers).
+const MAX_CHUNK_COLS: usize = 1 << 21;
 
 /// `y = conv2d(x, weight)` of `x` `[B, C, H, W]` with `weight` `[O, C, kh, kw]` (torch
 /// `F.conv2d(x, weight, stride=stride, padding=padding)`); gradients reach `x` and `weight`.
@@ -100,6 +104,24 @@ impl Geometry {
     /// Rows of the unfolded patches: `C·kh·kw` (the GEMMs' inner dim for the forward).
     fn rows(&self) -> usize {
         self.c * self.kh * self.kw
+    }
+
+    /// The geometry of the input gradient of a stride-1 convolution as a convolution of `dy`
+    /// (`O` channels, `OH×OW`) with the flipped kernel (`C` outputs, padding `k − 1 − p`), when
+    /// that applies (square kernel, `p < k`) and pays (`C ≥ 16` rows for the GEMM; a stem's 3
+    /// input channels fold faster).
+    fn adjoint(&self) -> Option<Self> {
+        let fits = self.stride == 1 && self.kh == self.kw && self.padding < self.kh;
+        (fits && self.c >= 16).then_some(Self {
+            c: self.o,
+            h: self.oh,
+            w: self.ow,
+            o: self.c,
+            oh: self.h,
+            ow: self.w,
+            padding: self.kh - 1 - self.padding,
+            ..*self
+        })
     }
 
     /// Output pixels per plane.
@@ -278,6 +300,56 @@ fn with_cpu<R>(t: &Tensor, f: impl FnOnce(&CpuStorage, &Layout) -> Result<R>) ->
     }
 }
 
+/// `W'[c, o, ky, kx] = W[o, c, kh−1−ky, kw−1−kx]`: the kernel of the adjoint convolution.
+fn flip_transpose(w: &[f32], g: &Geometry) -> Vec<f32> {
+    let k2 = g.kh * g.kw;
+    let mut out = vec![0.0f32; w.len()];
+    out.par_chunks_mut(g.o * k2)
+        .enumerate()
+        .for_each(|(ci, rows)| {
+            for (oc, dst) in rows.chunks_exact_mut(k2).enumerate() {
+                let src = &w[(oc * g.c + ci) * k2..][..k2];
+                for (d, v) in dst.iter_mut().zip(src.iter().rev()) {
+                    *d = *v;
+                }
+            }
+        });
+    out
+}
+
+/// `y = conv(x, W)` for the whole batch, chunk by chunk: unfold, one GEMM with the kernel (the
+/// row-major `[O, C·kh·kw]` matrix at `w_offset` of `ws`), scatter to NCHW.
+fn conv_forward(x: &[f32], ws: &CpuStorage, w_offset: usize, g: &Geometry) -> Result<Vec<f32>> {
+    let (rows, l) = (g.rows(), g.plane());
+    let mut y = vec![0.0f32; g.b * g.o * l];
+    if y.is_empty() {
+        return Ok(y);
+    }
+    let w_l = Layout::contiguous_with_offset((g.o, rows), w_offset);
+    let bc = g.chunk();
+    let mut cols = storage(vec![0.0f32; rows * bc * l]);
+    let sample = g.c * g.h * g.w;
+    for b0 in (0..g.b).step_by(bc) {
+        let bc = bc.min(g.b - b0);
+        let n = bc * l;
+        im2col(
+            &x[b0 * sample..][..bc * sample],
+            g,
+            bc,
+            &mut as_mut(&mut cols)?[..rows * n],
+        );
+        let out = matmul(
+            ws,
+            &w_l,
+            &cols,
+            &Layout::contiguous((rows, n)),
+            (g.o, n, rows),
+        )?;
+        scatter_planes(&out, g.o, l, bc, &mut y[b0 * g.o * l..][..n * g.o]);
+    }
+    Ok(y)
+}
+
 impl CustomOp2 for Conv2d {
     fn name(&self) -> &'static str {
         "conv2d-im2col"
@@ -291,36 +363,14 @@ impl CustomOp2 for Conv2d {
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
         let g = Geometry::new(l1.shape(), l2.shape(), self.stride, self.padding)?;
-        let x = f32_slice(s1, l1)?;
         f32_slice(s2, l2)?;
-        let (rows, l) = (g.rows(), g.plane());
-        let out_shape = Shape::from((g.b, g.o, g.oh, g.ow));
-        let mut y = vec![0.0f32; out_shape.elem_count()];
-        if y.is_empty() {
-            return Ok((storage(y), out_shape));
-        }
-        // The kernel as a row-major [O, C·kh·kw] matrix.
-        let w_l = Layout::contiguous_with_offset((g.o, rows), l2.start_offset());
-        let bc = g.chunk();
-        let mut cols = storage(vec![0.0f32; rows * bc * l]);
-        for b0 in (0..g.b).step_by(bc) {
-            let bc = bc.min(g.b - b0);
-            let n = bc * l;
-            let x_chunk = &x[b0 * g.c * g.h * g.w..][..bc * g.c * g.h * g.w];
-            im2col(x_chunk, &g, bc, &mut as_mut(&mut cols)?[..rows * n]);
-            let out = matmul(
-                s2,
-                &w_l,
-                &cols,
-                &Layout::contiguous((rows, n)),
-                (g.o, n, rows),
-            )?;
-            scatter_planes(&out, g.o, l, bc, &mut y[b0 * g.o * l..][..n * g.o]);
-        }
-        Ok((storage(y), out_shape))
+        let y = conv_forward(f32_slice(s1, l1)?, s2, l2.start_offset(), &g)?;
+        Ok((storage(y), Shape::from((g.b, g.o, g.oh, g.ow))))
     }
 
-    /// `dW = Σ_chunks dy · colsᵀ`, `dx = col2im(Wᵀ · dy)`.
+    /// `dW = Σ_chunks dy · colsᵀ`; `dx` = the adjoint convolution of `dy` (stride 1) or
+    /// `col2im(Wᵀ · dy)`. A gradient is computed only for an argument that tracks gradients
+    /// (an input image's is skipped).
     fn bwd(
         &self,
         x: &Tensor,
@@ -329,47 +379,86 @@ impl CustomOp2 for Conv2d {
         grad_res: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
         let g = Geometry::new(x.shape(), weight.shape(), self.stride, self.padding)?;
-        let (rows, l) = (g.rows(), g.plane());
+        let (need_dx, need_dw) = (x.track_op(), weight.track_op());
         let (dx, dw) = with_cpu(x, |xs, xl| {
             with_cpu(weight, |ws, wl| {
                 with_cpu(grad_res, |dys, dyl| {
-                    let x = f32_slice(xs, xl)?;
-                    let dy = f32_slice(dys, dyl)?;
-                    let mut dx = vec![0.0f32; x.len()];
-                    let mut dw = vec![0.0f32; g.o * rows];
+                    let (x, dy) = (f32_slice(xs, xl)?, f32_slice(dys, dyl)?);
                     if dy.is_empty() {
-                        return Ok((dx, dw));
+                        let zeros = |n: usize, need: bool| need.then(|| vec![0.0f32; n]);
+                        return Ok((zeros(x.len(), need_dx), zeros(g.o * g.rows(), need_dw)));
                     }
-                    // Wᵀ as a [C·kh·kw, O] view of the row-major [O, C·kh·kw] kernel.
-                    let wt_l = Layout::new((rows, g.o).into(), vec![1, rows], wl.start_offset());
-                    let bc = g.chunk();
-                    let mut cols = storage(vec![0.0f32; rows * bc * l]);
-                    let mut dyt = storage(vec![0.0f32; g.o * bc * l]);
-                    for b0 in (0..g.b).step_by(bc) {
-                        let bc = bc.min(g.b - b0);
-                        let n = bc * l;
-                        let x_chunk = &x[b0 * g.c * g.h * g.w..][..bc * g.c * g.h * g.w];
-                        im2col(x_chunk, &g, bc, &mut as_mut(&mut cols)?[..rows * n]);
-                        let dy_chunk = &dy[b0 * g.o * l..][..g.o * n];
-                        gather_planes(dy_chunk, g.o, l, bc, &mut as_mut(&mut dyt)?[..g.o * n]);
-                        let dyt_l = Layout::contiguous((g.o, n));
-                        // colsᵀ as an [n, C·kh·kw] view of the row-major [C·kh·kw, n] patches.
-                        let cols_t = Layout::new((n, rows).into(), vec![1, n], 0);
-                        let dw_chunk = matmul(&dyt, &dyt_l, &cols, &cols_t, (g.o, rows, n))?;
-                        for (a, d) in dw.iter_mut().zip(&dw_chunk) {
-                            *a += d;
+                    let adjoint = g.adjoint().filter(|_| need_dx);
+                    let dx = match &adjoint {
+                        Some(ga) => {
+                            let wt = storage(flip_transpose(f32_slice(ws, wl)?, &g));
+                            Some(conv_forward(dy, &wt, 0, ga)?)
                         }
-                        let dcols = matmul(ws, &wt_l, &dyt, &dyt_l, (rows, n, g.o))?;
-                        let dx_chunk = &mut dx[b0 * g.c * g.h * g.w..][..bc * g.c * g.h * g.w];
-                        col2im(&dcols, &g, bc, dx_chunk);
-                    }
-                    Ok((dx, dw))
+                        None => None,
+                    };
+                    let fold = need_dx && adjoint.is_none();
+                    let (dw, dx_fold) =
+                        backward_chunks(x, (dys, dyl), (ws, wl), &g, need_dw, fold)?;
+                    Ok((dx.or(dx_fold), dw))
                 })
             })
         })?;
         Ok((
-            Some(cpu_tensor(dx, x.shape())?),
-            Some(cpu_tensor(dw, weight.shape())?),
+            dx.map(|v| cpu_tensor(v, x.shape())).transpose()?,
+            dw.map(|v| cpu_tensor(v, weight.shape())).transpose()?,
         ))
     }
+}
+
+/// The chunked part of the backward: `dW = Σ dy · colsᵀ` (if `need_dw`) and, if `fold`,
+/// `dx = col2im(Wᵀ · dy)`; `dy` and `W` are contiguous CPU storages with their layouts.
+fn backward_chunks(
+    x: &[f32],
+    (dys, dyl): (&CpuStorage, &Layout),
+    (ws, wl): (&CpuStorage, &Layout),
+    g: &Geometry,
+    need_dw: bool,
+    fold: bool,
+) -> Result<(Option<Vec<f32>>, Option<Vec<f32>>)> {
+    let (rows, l) = (g.rows(), g.plane());
+    let dy = f32_slice(dys, dyl)?;
+    let mut dw = need_dw.then(|| vec![0.0f32; g.o * rows]);
+    let mut dx = fold.then(|| vec![0.0f32; x.len()]);
+    if !need_dw && !fold {
+        return Ok((dw, dx));
+    }
+    // Wᵀ as a [C·kh·kw, O] view of the row-major [O, C·kh·kw] kernel.
+    let wt_l = Layout::new((rows, g.o).into(), vec![1, rows], wl.start_offset());
+    let bc = g.chunk();
+    let mut cols = storage(vec![0.0f32; if need_dw { rows * bc * l } else { 0 }]);
+    let mut dyt = storage(vec![0.0f32; if bc > 1 { g.o * bc * l } else { 0 }]);
+    let sample = g.c * g.h * g.w;
+    for b0 in (0..g.b).step_by(bc) {
+        let bc = bc.min(g.b - b0);
+        let n = bc * l;
+        // dy of the chunk as [O, n]: in place for one sample, else gathered.
+        let (dm, dm_l) = if bc == 1 {
+            let offset = dyl.start_offset() + b0 * g.o * l;
+            (dys, Layout::contiguous_with_offset((g.o, n), offset))
+        } else {
+            let dy_chunk = &dy[b0 * g.o * l..][..g.o * n];
+            gather_planes(dy_chunk, g.o, l, bc, &mut as_mut(&mut dyt)?[..g.o * n]);
+            (&dyt, Layout::contiguous((g.o, n)))
+        };
+        if let Some(dw) = dw.as_mut() {
+            let x_chunk = &x[b0 * sample..][..bc * sample];
+            im2col(x_chunk, g, bc, &mut as_mut(&mut cols)?[..rows * n]);
+            // colsᵀ as an [n, C·kh·kw] view of the row-major [C·kh·kw, n] patches.
+            let cols_t = Layout::new((n, rows).into(), vec![1, n], 0);
+            let dw_chunk = matmul(dm, &dm_l, &cols, &cols_t, (g.o, rows, n))?;
+            for (a, d) in dw.iter_mut().zip(&dw_chunk) {
+                *a += d;
+            }
+        }
+        if let Some(dx) = dx.as_mut() {
+            let dcols = matmul(ws, &wt_l, dm, &dm_l, (rows, n, g.o))?;
+            col2im(&dcols, g, bc, &mut dx[b0 * sample..][..bc * sample]);
+        }
+    }
+    Ok((dw, dx))
 }
