@@ -40,19 +40,18 @@ simd_kernel! {
 }
 
 simd_kernel! {
-    /// `dx = scale·(dy − mean_dy − ((x − hi) − lo)·k)` over one plane.
+    /// `dx = scale·(dy − mean_dy − (x − μ)·k)` over one plane, `μ = st.hi + st.lo`.
     fn input_grad_plane(
         x: &[f32],
         dy: &[f32],
         dx: &mut [f32],
-        hi: f32,
-        lo: f32,
+        st: ChannelStats,
         mean_dy: f32,
         k: f32,
         scale: f32,
     ) {
         for ((d, &xv), &g) in dx.iter_mut().zip(x).zip(dy) {
-            let xc = (xv - hi) - lo;
+            let xc = (xv - st.hi) - st.lo;
             *d = scale * (g - mean_dy - xc * k);
         }
     }
@@ -189,7 +188,7 @@ impl CustomOp3 for BatchNormTrain {
                         let k = (sum_dy_xc / n * rstd * rstd) as f32;
                         let scale = st.rstd * gamma[ch];
                         let (xs, dys) = (&x[i * s..][..s], &dy[i * s..][..s]);
-                        input_grad_plane(xs, dys, plane, st.hi, st.lo, mean_dy, k, scale);
+                        input_grad_plane(xs, dys, plane, st, mean_dy, k, scale);
                     });
                     let dgamma: Vec<f32> = sums
                         .iter()

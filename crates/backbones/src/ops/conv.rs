@@ -410,6 +410,9 @@ impl CustomOp2 for Conv2d {
     }
 }
 
+/// `(dW, dx)`, each when asked for.
+type Grads = (Option<Vec<f32>>, Option<Vec<f32>>);
+
 /// The chunked part of the backward: `dW = Σ dy · colsᵀ` (if `need_dw`) and, if `fold`,
 /// `dx = col2im(Wᵀ · dy)`; `dy` and `W` are contiguous CPU storages with their layouts.
 fn backward_chunks(
@@ -419,7 +422,7 @@ fn backward_chunks(
     g: &Geometry,
     need_dw: bool,
     fold: bool,
-) -> Result<(Option<Vec<f32>>, Option<Vec<f32>>)> {
+) -> Result<Grads> {
     let (rows, l) = (g.rows(), g.plane());
     let dy = f32_slice(dys, dyl)?;
     let mut dw = need_dw.then(|| vec![0.0f32; g.o * rows]);
