@@ -178,9 +178,10 @@ impl Conv2d {
         &self.weight
     }
 
-    /// Apply to `x` of shape `[B, in, H, W]`.
+    /// Apply to `x` of shape `[B, in, H, W]` (im2col + GEMM with its own backward,
+    /// [`ops::conv2d`]).
     pub fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        x.conv2d(&self.weight, self.padding, self.stride, 1, 1)
+        ops::conv2d(x, &self.weight, self.stride, self.padding)
     }
 }
 

@@ -343,3 +343,194 @@ fn empty_inputs_give_empty_outputs() {
         }
     }
 }
+
+/// `max |got − want| ≤ tol · max |want|`, shapes equal.
+fn assert_rel(what: &str, got: &Tensor, want: &Tensor, tol: f64) {
+    assert_eq!(got.dims(), want.dims(), "{what}: shape");
+    let scale = max_abs(want);
+    assert!(scale > 0.0, "{what}: reference is all zero");
+    let err = to_f64(got)
+        .iter()
+        .zip(&to_f64(want))
+        .fold(0.0f64, |m, (a, b)| m.max((a - b).abs()));
+    assert!(
+        err <= tol * scale,
+        "{what}: max error {err} > {tol} · {scale}"
+    );
+}
+
+/// `(y, dx, dw)` of `Σ conv(x, w) · gy` for the f32 leaves `x`, `w`.
+fn conv_with_grads(
+    conv: impl Fn(&Tensor, &Tensor) -> Result<Tensor>,
+    x: &Tensor,
+    w: &Tensor,
+    gy: &Tensor,
+) -> (Tensor, Tensor, Tensor) {
+    let (vx, vw) = (Var::from_tensor(x).unwrap(), Var::from_tensor(w).unwrap());
+    let y = conv(vx.as_tensor(), vw.as_tensor()).unwrap();
+    let grads = (&y * gy.to_dtype(y.dtype()).unwrap())
+        .unwrap()
+        .sum_all()
+        .unwrap()
+        .backward()
+        .unwrap();
+    let dx = grads.get(vx.as_tensor()).expect("dx").clone();
+    let dw = grads.get(vw.as_tensor()).expect("dw").clone();
+    (y, dx, dw)
+}
+
+/// The im2col + GEMM conv2d (f32) equals candle's `conv2d` and its backward (computed in f64)
+/// in output, input gradient and weight gradient, for every kernel/stride/padding a ResNet uses
+/// (3×3/1, 3×3/2, 1×1/1, 1×1/2, 7×7/2 pad 3), with few and with ≥ 16 input channels (the
+/// input gradient is a fold, or for stride 1 the adjoint convolution), odd and non-square sizes,
+/// and inputs split over several batch chunks (48×48 and 64×64 planes). candle's backward takes the transposed conv's
+/// output padding from the height for both dims, so its input gradient has the wrong shape when
+/// `(h + 2p − k) mod s ≠ (w + 2p − k) mod s`; such shapes are checked in
+/// `conv2d_backward_is_the_adjoint_of_the_forward`.
+#[test]
+fn conv2d_matches_candle_conv2d_and_its_backward() {
+    let mut rng = StdRng::seed_from_u64(23);
+    // (b, c, h, w, o, k, stride, padding)
+    let cases = [
+        (3, 5, 7, 9, 4, 3, 1, 1),
+        (2, 4, 8, 8, 6, 3, 1, 1),
+        (3, 5, 7, 9, 4, 3, 2, 1),
+        (2, 3, 8, 6, 5, 3, 2, 1),
+        (3, 6, 5, 7, 4, 1, 1, 0),
+        (2, 6, 7, 9, 5, 1, 2, 0),
+        (2, 6, 8, 8, 5, 1, 2, 0),
+        (2, 3, 15, 13, 4, 7, 2, 3),
+        (1, 3, 9, 9, 2, 3, 1, 0),
+        (3, 2, 64, 64, 3, 3, 1, 1),
+        (2, 16, 9, 7, 8, 3, 1, 1),
+        (2, 16, 8, 8, 4, 3, 1, 0),
+        (2, 17, 6, 6, 4, 1, 1, 0),
+        (2, 16, 48, 48, 4, 3, 1, 1),
+    ];
+    for (b, c, h, w, o, k, s, p) in cases {
+        let what = format!("b{b} c{c} {h}×{w} o{o} k{k} s{s} p{p}");
+        let x = randn(&mut rng, &[b, c, h, w], 1.0);
+        let wt = randn(&mut rng, &[o, c, k, k], 0.5);
+        let (oh, ow) = ((h + 2 * p - k) / s + 1, (w + 2 * p - k) / s + 1);
+        let gy = randn(&mut rng, &[b, o, oh, ow], 1.0);
+        let (y, dx, dw) = conv_with_grads(
+            |x, w| multimix_backbones::ops::conv2d(x, w, s, p),
+            &x,
+            &wt,
+            &gy,
+        );
+        assert_eq!(y.dtype(), DType::F32);
+        let f64s = |t: &Tensor| t.to_dtype(DType::F64).unwrap();
+        let (y_ref, dx_ref, dw_ref) =
+            conv_with_grads(|x, w| x.conv2d(w, p, s, 1, 1), &f64s(&x), &f64s(&wt), &gy);
+        assert_rel(&format!("{what}: y"), &y, &y_ref, 1e-5);
+        assert_rel(&format!("{what}: dx"), &dx, &dx_ref, 1e-5);
+        assert_rel(&format!("{what}: dw"), &dw, &dw_ref, 1e-5);
+        // candle's own f32 conv2d agrees too (the switch layers.rs made).
+        let (y32, dx32, dw32) = conv_with_grads(|x, w| x.conv2d(w, p, s, 1, 1), &x, &wt, &gy);
+        assert_rel(&format!("{what}: y vs candle f32"), &y, &y32, 1e-4);
+        assert_rel(&format!("{what}: dx vs candle f32"), &dx, &dx32, 1e-4);
+        assert_rel(&format!("{what}: dw vs candle f32"), &dw, &dw32, 1e-4);
+    }
+}
+
+/// A non-contiguous input (a transposed view) gives the result of its contiguous copy; shapes
+/// that do not fit are errors naming the sizes, not panics.
+#[test]
+fn conv2d_handles_views_and_rejects_bad_shapes() {
+    let mut rng = StdRng::seed_from_u64(29);
+    let x = randn(&mut rng, &[2, 3, 6, 5], 1.0);
+    let w = randn(&mut rng, &[4, 3, 3, 3], 1.0);
+    let view = x
+        .transpose(2, 3)
+        .unwrap()
+        .contiguous()
+        .unwrap()
+        .transpose(2, 3)
+        .unwrap();
+    assert!(!view.is_contiguous());
+    let conv = multimix_backbones::ops::conv2d;
+    assert_same(
+        "view",
+        &conv(&view, &w, 2, 1).unwrap(),
+        &conv(&x, &w, 2, 1).unwrap(),
+    );
+    let w_bad_c = randn(&mut rng, &[4, 2, 3, 3], 1.0);
+    let err = conv(&x, &w_bad_c, 1, 1).unwrap_err().to_string();
+    assert!(
+        err.contains("conv2d") && err.contains("[4, 2, 3, 3]"),
+        "{err}"
+    );
+    assert!(conv(&x, &w, 0, 1).is_err());
+    let w_big = randn(&mut rng, &[4, 3, 7, 7], 1.0);
+    assert!(conv(&x, &w_big, 1, 0).is_err());
+    assert!(conv(&x, &w_big, 1, 1).is_ok());
+}
+
+/// Where candle's backward cannot serve as the reference (stride 2 with height and width
+/// leaving different remainders): the forward equals candle's, and since the convolution is
+/// linear in `x` and in `w`, `Σ y·gy = Σ x·dx = Σ w·dw` for the backward to be its adjoint.
+#[test]
+fn conv2d_backward_is_the_adjoint_of_the_forward() {
+    let mut rng = StdRng::seed_from_u64(31);
+    // (b, c, h, w, o, k, stride, padding)
+    for (b, c, h, w, o, k, s, p) in [(2, 3, 7, 8, 4, 3, 2, 1), (2, 6, 8, 7, 5, 1, 2, 0)] {
+        let what = format!("b{b} c{c} {h}×{w} o{o} k{k} s{s} p{p}");
+        let f64s = |t: &Tensor| t.to_dtype(DType::F64).unwrap();
+        let x = randn(&mut rng, &[b, c, h, w], 1.0);
+        let wt = randn(&mut rng, &[o, c, k, k], 0.5);
+        let (oh, ow) = ((h + 2 * p - k) / s + 1, (w + 2 * p - k) / s + 1);
+        let gy = randn(&mut rng, &[b, o, oh, ow], 1.0);
+        let (y, dx, dw) = conv_with_grads(
+            |x, w| multimix_backbones::ops::conv2d(x, w, s, p),
+            &x,
+            &wt,
+            &gy,
+        );
+        let y_ref = f64s(&x).conv2d(&f64s(&wt), p, s, 1, 1).unwrap();
+        assert_rel(&format!("{what}: y"), &y, &y_ref, 1e-5);
+        let dot = |a: &Tensor, b: &Tensor| -> f64 {
+            (f64s(a) * f64s(b))
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .to_scalar()
+                .unwrap()
+        };
+        let (yy, xx, ww) = (dot(&y_ref, &gy), dot(&x, &dx), dot(&wt, &dw));
+        assert!(
+            (xx - yy).abs() <= 1e-5 * yy.abs().max(1.0),
+            "{what}: Σx·dx {xx} vs Σy·gy {yy}"
+        );
+        assert!(
+            (ww - yy).abs() <= 1e-5 * yy.abs().max(1.0),
+            "{what}: Σw·dw {ww} vs Σy·gy {yy}"
+        );
+    }
+}
+
+/// Only arguments that track gradients get one: with a plain input, the kernel's gradient is
+/// the same as with a `Var` input and the input gets none.
+#[test]
+fn conv2d_skips_the_gradient_of_an_untracked_input() {
+    let mut rng = StdRng::seed_from_u64(37);
+    let x = randn(&mut rng, &[2, 16, 6, 6], 1.0);
+    let w = Var::from_tensor(&randn(&mut rng, &[4, 16, 3, 3], 1.0)).unwrap();
+    let gy = randn(&mut rng, &[2, 4, 6, 6], 1.0);
+    let conv = |x: &Tensor| multimix_backbones::ops::conv2d(x, w.as_tensor(), 1, 1).unwrap();
+    let grads = (conv(&x) * &gy)
+        .unwrap()
+        .sum_all()
+        .unwrap()
+        .backward()
+        .unwrap();
+    assert!(grads.get(&x).is_none());
+    let (_, dx, dw) = conv_with_grads(
+        |x, w| multimix_backbones::ops::conv2d(x, w, 1, 1),
+        &x,
+        w.as_tensor(),
+        &gy,
+    );
+    assert_eq!(dx.dims(), x.dims());
+    assert_same("dw", grads.get(w.as_tensor()).unwrap(), &dw);
+}

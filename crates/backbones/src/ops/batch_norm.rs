@@ -9,6 +9,54 @@ use super::math::{dot_f64, sum_f64, sum_sq_dev_f64};
 use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
+simd_kernel! {
+    /// Σ x of one plane, in f64.
+    fn plane_sum(x: &[f32]) -> f64 {
+        sum_f64(x)
+    }
+}
+
+simd_kernel! {
+    /// Σ (x − (hi + lo))² of one plane, in f64.
+    fn plane_sq_dev(x: &[f32], hi: f32, lo: f32) -> f64 {
+        sum_sq_dev_f64(x, hi, lo)
+    }
+}
+
+simd_kernel! {
+    /// `(Σ dy, Σ dy·x)` of one plane, in f64.
+    fn plane_dy_sums(dy: &[f32], x: &[f32]) -> (f64, f64) {
+        (sum_f64(dy), dot_f64(dy, x))
+    }
+}
+
+simd_kernel! {
+    /// `y = ((x − hi) − lo)·scale + shift` over one plane.
+    fn normalize_plane(x: &[f32], y: &mut [f32], hi: f32, lo: f32, scale: f32, shift: f32) {
+        for (y, &x) in y.iter_mut().zip(x) {
+            *y = ((x - hi) - lo) * scale + shift;
+        }
+    }
+}
+
+simd_kernel! {
+    /// `dx = scale·(dy − mean_dy − (x − μ)·k)` over one plane, `μ = st.hi + st.lo`.
+    fn input_grad_plane(
+        x: &[f32],
+        dy: &[f32],
+        dx: &mut [f32],
+        st: ChannelStats,
+        mean_dy: f32,
+        k: f32,
+        scale: f32,
+    ) {
+        for ((d, &xv), &g) in dx.iter_mut().zip(x).zip(dy) {
+            let xc = (xv - st.hi) - st.lo;
+            *d = scale * (g - mean_dy - xc * k);
+        }
+    }
+}
+
 /// `(B, C, S)` of a `[B, C, …]` shape.
 pub(super) fn channel_dims(shape: &Shape) -> Result<(usize, usize, usize)> {
     let dims = shape.dims();
@@ -40,10 +88,10 @@ pub(super) fn channel_stats(
         .into_par_iter()
         .map(|ch| {
             let planes = (0..b).map(|i| &x[(i * c + ch) * s..][..s]);
-            let mean = planes.clone().map(sum_f64).sum::<f64>() / n;
+            let mean = planes.clone().map(plane_sum).sum::<f64>() / n;
             let hi = mean as f32;
             let lo = (mean - f64::from(hi)) as f32;
-            let var = planes.map(|p| sum_sq_dev_f64(p, hi, lo)).sum::<f64>() / n;
+            let var = planes.map(|p| plane_sq_dev(p, hi, lo)).sum::<f64>() / n;
             ChannelStats {
                 hi,
                 lo,
@@ -93,9 +141,7 @@ impl CustomOp3 for BatchNormTrain {
         for_planes(&mut y, c, s, |plane, i, ch| {
             let st = self.stats[ch];
             let scale = st.rstd * gamma[ch];
-            for (y, &x) in plane.iter_mut().zip(&x[i * s..][..s]) {
-                *y = ((x - st.hi) - st.lo) * scale + beta[ch];
-            }
+            normalize_plane(&x[i * s..][..s], plane, st.hi, st.lo, scale, beta[ch]);
         });
         Ok((CpuStorage::F32(y), l1.shape().clone()))
     }
@@ -123,10 +169,11 @@ impl CustomOp3 for BatchNormTrain {
                             let mut sum_dy_xc = 0.0;
                             for i in 0..b {
                                 let off = (i * c + ch) * s;
-                                let dyp = &dy[off..][..s];
-                                sum_dy += sum_f64(dyp);
-                                sum_dy_xc += dot_f64(dyp, &x[off..][..s])
-                                    - (f64::from(st.hi) + f64::from(st.lo)) * sum_f64(dyp);
+                                let (plane_dy, plane_dy_x) =
+                                    plane_dy_sums(&dy[off..][..s], &x[off..][..s]);
+                                sum_dy += plane_dy;
+                                sum_dy_xc +=
+                                    plane_dy_x - (f64::from(st.hi) + f64::from(st.lo)) * plane_dy;
                             }
                             (sum_dy, sum_dy_xc)
                         })
@@ -140,12 +187,8 @@ impl CustomOp3 for BatchNormTrain {
                         // mean(dy·x̂)·rstd, applied to (x − μ).
                         let k = (sum_dy_xc / n * rstd * rstd) as f32;
                         let scale = st.rstd * gamma[ch];
-                        let xs = &x[i * s..][..s];
-                        let dys = &dy[i * s..][..s];
-                        for ((d, &xv), &g) in plane.iter_mut().zip(xs).zip(dys) {
-                            let xc = (xv - st.hi) - st.lo;
-                            *d = scale * (g - mean_dy - xc * k);
-                        }
+                        let (xs, dys) = (&x[i * s..][..s], &dy[i * s..][..s]);
+                        input_grad_plane(xs, dys, plane, st, mean_dy, k, scale);
                     });
                     let dgamma: Vec<f32> = sums
                         .iter()
@@ -221,8 +264,10 @@ impl CustomOp3 for ChannelAffine {
                             let (mut sx, mut sd) = (0.0f64, 0.0f64);
                             for i in 0..b {
                                 let off = (i * c + ch) * s;
-                                sx += dot_f64(&dy[off..][..s], &x[off..][..s]);
-                                sd += sum_f64(&dy[off..][..s]);
+                                let (plane_dy, plane_dy_x) =
+                                    plane_dy_sums(&dy[off..][..s], &x[off..][..s]);
+                                sx += plane_dy_x;
+                                sd += plane_dy;
                             }
                             (sx as f32, sd as f32)
                         })

@@ -51,12 +51,15 @@ macro_rules! simd_kernel {
 
 mod batch_norm;
 mod bias;
+mod conv;
 mod cpu;
 mod gelu;
 mod layer_norm;
 mod math;
 mod pool;
 mod softmax;
+
+pub use conv::conv2d;
 
 use candle_core::{DType, Device, Error, Result, Tensor, D};
 
