@@ -49,6 +49,7 @@ macro_rules! simd_kernel {
     };
 }
 
+mod attention;
 mod batch_norm;
 mod bias;
 mod cpu;
@@ -59,6 +60,8 @@ mod pool;
 mod softmax;
 
 use candle_core::{DType, Device, Error, Result, Tensor, D};
+
+pub use attention::{attention_weights, qkv_attention, split_qkv_heads};
 
 /// Layer normalization over the last dim (torch.nn.functional.layer_norm semantics, biased variance).
 ///
