@@ -15,8 +15,20 @@ fn tune_allocator() {
     }
 }
 
+/// candle runs its own elementwise ops on a spinning "barrier pool" of `CANDLE_NUM_THREADS − 1`
+/// workers besides rayon's (which gemm and the fused ops use); with the heavy work in gemm and
+/// the fused ops, those extra spinning threads only compete with rayon's for the cores (a default
+/// ViT training step took ≈2× the CPU time with them on a loaded 2-core machine). Default to 1
+/// unless the user set it. Called before any other thread exists.
+fn default_candle_threads() {
+    if std::env::var_os("CANDLE_NUM_THREADS").is_none() {
+        std::env::set_var("CANDLE_NUM_THREADS", "1");
+    }
+}
+
 fn main() -> std::process::ExitCode {
     tune_allocator();
+    default_candle_threads();
     match cli::run() {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {

@@ -12,7 +12,7 @@ use crate::model::Backbone;
 use crate::ops;
 use crate::params::{Init, ParamStore};
 use crate::pos_embed::resample_abs_pos_embed;
-use candle_core::{Tensor, D};
+use candle_core::Tensor;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
@@ -176,32 +176,25 @@ impl Attention {
         })
     }
 
-    /// Split `[B, N, 3D]` into q, k, v of shape `[B, H, N, hd]` (timm's `(3, heads, head_dim)` layout).
-    fn split_heads(&self, qkv: &Tensor) -> candle_core::Result<(Tensor, Tensor, Tensor)> {
-        let (b, n, three_d) = qkv.dims3()?;
-        let hd = three_d / 3 / self.num_heads;
-        let qkv = qkv
-            .reshape((b, n, 3, self.num_heads, hd))?
-            .permute((2, 0, 3, 1, 4))?
-            .contiguous()?;
-        Ok((qkv.get(0)?, qkv.get(1)?, qkv.get(2)?))
+    /// The attention weights `[B, H, N, N]` for the (normed) tokens `x`.
+    fn weights(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        let (q, k, _) = ops::split_qkv_heads(&self.qkv.forward(x)?, self.num_heads)?;
+        ops::attention_weights(&q, &k)
     }
 
-    /// Attention weights `[B, H, N, N]` = softmax(q kᵀ / √hd).
-    fn weights(&self, q: &Tensor, k: &Tensor) -> candle_core::Result<Tensor> {
-        let hd = q.dim(D::Minus1)?;
-        let scores = (q * (hd as f64).powf(-0.5))?.matmul(&k.t()?)?;
-        ops::softmax_last_dim(&scores)
-    }
-
-    fn forward(&self, x: &Tensor, ctx: &mut Ctx) -> candle_core::Result<(Tensor, Tensor)> {
+    fn forward(&self, x: &Tensor, ctx: &mut Ctx) -> candle_core::Result<Tensor> {
         let (b, n, d) = x.dims3()?;
-        let (q, k, v) = self.split_heads(&self.qkv.forward(x)?)?;
-        let attn = self.weights(&q, &k)?;
-        let y = dropout(&attn, self.attn_drop, ctx)?.matmul(&v)?;
-        let y = y.transpose(1, 2)?.reshape((b, n, d))?;
-        let y = dropout(&self.proj.forward(&y)?, self.proj_drop, ctx)?;
-        Ok((y, attn))
+        let qkv = self.qkv.forward(x)?;
+        let y = if ctx.is_train() && self.attn_drop > 0.0 {
+            // Dropout on the weights needs them as a tensor: the composed path.
+            let (q, k, v) = ops::split_qkv_heads(&qkv, self.num_heads)?;
+            let attn = ops::attention_weights(&q, &k)?;
+            let y = dropout(&attn, self.attn_drop, ctx)?.matmul(&v)?;
+            y.transpose(1, 2)?.reshape((b, n, d))?
+        } else {
+            ops::qkv_attention(&qkv, self.num_heads)?
+        };
+        dropout(&self.proj.forward(&y)?, self.proj_drop, ctx)
     }
 }
 
@@ -237,11 +230,16 @@ impl Block {
         dropout(&self.fc2.forward(&h)?, self.proj_drop, ctx)
     }
 
-    fn forward(&self, x: &Tensor, ctx: &mut Ctx) -> candle_core::Result<(Tensor, Tensor)> {
-        let (a, attn) = self.attn.forward(&self.norm1.forward(x)?, ctx)?;
+    fn forward(&self, x: &Tensor, ctx: &mut Ctx) -> candle_core::Result<Tensor> {
+        let a = self.attn.forward(&self.norm1.forward(x)?, ctx)?;
         let x = (x + drop_path(&a, self.drop_path, ctx)?)?;
         let m = self.mlp(&self.norm2.forward(&x)?, ctx)?;
-        Ok(((&x + drop_path(&m, self.drop_path, ctx)?)?, attn))
+        &x + drop_path(&m, self.drop_path, ctx)?
+    }
+
+    /// The attention weights of this block for its input tokens `x`.
+    fn attention_weights(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        self.attn.weights(&self.norm1.forward(x)?)
     }
 }
 
@@ -406,11 +404,9 @@ impl VisionTransformer {
         let mut ctx = Ctx::eval();
         let mut h = self.embed(x, &mut ctx)?;
         for block in &self.blocks[..index] {
-            h = block.forward(&h, &mut ctx)?.0;
+            h = block.forward(&h, &mut ctx)?;
         }
-        self.blocks[index]
-            .forward(&h, &mut ctx)
-            .map(|(_, attn)| attn)
+        self.blocks[index].attention_weights(&h)
     }
 }
 
@@ -477,7 +473,7 @@ impl Backbone for VisionTransformer {
         }
         let mut h = self.embed(x, ctx)?;
         for block in self.blocks.iter().take(point - 1) {
-            h = block.forward(&h, ctx)?.0;
+            h = block.forward(&h, ctx)?;
         }
         Ok(h)
     }
@@ -490,7 +486,7 @@ impl Backbone for VisionTransformer {
             (h.clone(), point - 1)
         };
         for block in self.blocks.iter().skip(skip) {
-            h = block.forward(&h, ctx)?.0;
+            h = block.forward(&h, ctx)?;
         }
         self.final_norm(&h)
     }

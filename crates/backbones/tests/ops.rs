@@ -534,3 +534,69 @@ fn conv2d_skips_the_gradient_of_an_untracked_input() {
     assert_eq!(dx.dims(), x.dims());
     assert_same("dw", grads.get(w.as_tensor()).unwrap(), &dw);
 }
+
+/// timm's attention composed from candle ops: split heads, `softmax(q kᵀ·scale)`, `·v`, heads
+/// merged (the path `qkv_attention` takes for non-f32 tensors).
+fn composed_attention(qkv: &Tensor, heads: usize) -> Result<Tensor> {
+    use multimix_backbones::ops::{attention_weights, split_qkv_heads};
+    let (b, n, three_d) = qkv.dims3()?;
+    let (q, k, v) = split_qkv_heads(qkv, heads)?;
+    attention_weights(&q, &k)?
+        .matmul(&v)?
+        .transpose(1, 2)?
+        .reshape((b, n, three_d / 3))
+}
+
+fn attention_op(v: &[Tensor]) -> Result<Tensor> {
+    multimix_backbones::ops::qkv_attention(&v[0], 3)
+}
+
+fn composed_attention_op(v: &[Tensor]) -> Result<Tensor> {
+    composed_attention(&v[0], 3)
+}
+
+/// The fused attention (f32) equals the composition in f64 and in f32, output and qkv gradient,
+/// at ViT-Tiny/4 shapes (65 tokens, 3 heads of 64) for a batch of 8.
+#[test]
+fn qkv_attention_matches_composition() {
+    let mut rng = StdRng::seed_from_u64(13);
+    let qkv = randn(&mut rng, &[8, 65, 3 * 192], 1.5);
+    let gy = randn(&mut rng, &[8, 65, 192], 1.0);
+    let (vars, tensors) = leaves(std::slice::from_ref(&qkv));
+    let (y, g) = eval_with_grads(attention_op, &tensors, &vars, &gy);
+    assert_eq!(y.dims(), [8, 65, 192]);
+    let qkv64 = qkv.to_dtype(DType::F64).unwrap();
+    for (what, x, op) in [
+        ("f64 composition", &qkv64, attention_op as Op),
+        ("f32 composition", &qkv, composed_attention_op),
+    ] {
+        let (vars, tensors) = leaves(std::slice::from_ref(x));
+        let (y_ref, g_ref) = eval_with_grads(op, &tensors, &vars, &gy);
+        let y_ref = y_ref.to_dtype(DType::F64).unwrap();
+        assert_close(&format!("attention.y vs {what}"), &y, &y_ref, 1.0);
+        let g_ref = g_ref[0].to_dtype(DType::F64).unwrap();
+        assert_close(
+            &format!("attention.grad vs {what}"),
+            &g[0],
+            &g_ref,
+            max_abs(&g_ref),
+        );
+    }
+}
+
+/// A non-contiguous qkv gives the same result as its contiguous copy; a last dim that is not
+/// 3 × heads × head_dim, or a rank other than 3, is an error.
+#[test]
+fn qkv_attention_layouts_and_shapes() {
+    use multimix_backbones::ops::qkv_attention;
+    let mut rng = StdRng::seed_from_u64(17);
+    let base = randn(&mut rng, &[2, 12, 5], 1.0);
+    let strided = base.transpose(1, 2).unwrap();
+    assert!(!strided.is_contiguous());
+    let from_view = qkv_attention(&strided, 2).unwrap();
+    let from_copy = qkv_attention(&strided.contiguous().unwrap(), 2).unwrap();
+    assert_same("strided qkv", &from_view, &from_copy);
+    assert!(qkv_attention(&randn(&mut rng, &[2, 5, 10], 1.0), 2).is_err());
+    assert!(qkv_attention(&randn(&mut rng, &[5, 12], 1.0), 2).is_err());
+    assert!(qkv_attention(&randn(&mut rng, &[2, 5, 12], 1.0), 0).is_err());
+}

@@ -49,6 +49,7 @@ macro_rules! simd_kernel {
     };
 }
 
+mod attention;
 mod batch_norm;
 mod bias;
 mod conv;
@@ -62,6 +63,8 @@ mod softmax;
 pub use conv::conv2d;
 
 use candle_core::{DType, Device, Error, Result, Tensor, D};
+
+pub use attention::{attention_weights, qkv_attention, split_qkv_heads};
 
 /// Layer normalization over the last dim (torch.nn.functional.layer_norm semantics, biased variance).
 ///
