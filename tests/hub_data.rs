@@ -206,6 +206,8 @@ fn train_and_eval_on_hub_data_from_the_command_line() {
             &data,
             "--max-steps",
             "1",
+            "--batch-size",
+            "4",
             "--out",
             run_s,
         ],
