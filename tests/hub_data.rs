@@ -19,6 +19,7 @@ const TRAIN: [&str; 2] = [
     "data/train-00001-of-00002.parquet",
 ];
 const TEST: &str = "data/test-00000-of-00001.parquet";
+const CONVERTED: &str = "owner/converted";
 
 fn fixture(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -46,6 +47,24 @@ fn hub_with_datasets() -> MockHub {
         .collect();
     hub.put_dataset(SHAPES, &refs);
     hub.put_dataset("owner/rgb", &[(TEST, &bytes("plain_rgb.parquet"))]);
+    // No parquet on `main`; the hub's conversion on `refs/convert/parquet`.
+    hub.put_dataset(
+        CONVERTED,
+        &[("README.md", b"a data set with a loading script")],
+    );
+    let converted = [
+        (
+            "default/train/0000.parquet",
+            bytes(&format!("hf/{}", TRAIN[0])),
+        ),
+        (
+            "default/train/0001.parquet",
+            bytes(&format!("hf/{}", TRAIN[1])),
+        ),
+        ("default/test/0000.parquet", bytes(&format!("hf/{TEST}"))),
+    ];
+    let refs: Vec<(&str, &[u8])> = converted.iter().map(|(p, b)| (*p, b.as_slice())).collect();
+    hub.put_dataset_ref(CONVERTED, "refs/convert/parquet", &refs);
     hub
 }
 
@@ -170,6 +189,28 @@ fn missing_repositories_parquet_files_and_splits_are_named() {
         err.contains("dataset repository owner/model@main not found"),
         "{err}"
     );
+    let err = download(&hub, cache.path(), CONVERTED, true)
+        .unwrap_err()
+        .to_string();
+    let hint = format!("hub:{CONVERTED}@refs/convert/parquet");
+    assert!(
+        err.contains("no parquet file") && err.contains(&hint),
+        "{err}"
+    );
+    let converted = Hub::new(options(&hub, cache.path(), false))
+        .unwrap()
+        .download_dataset(
+            &RepoId::parse(CONVERTED).unwrap(),
+            "refs/convert/parquet",
+            None,
+            true,
+        )
+        .unwrap();
+    assert_eq!((converted.train.len(), converted.test.len()), (2, 1));
+    assert_eq!(
+        std::fs::read(&converted.test[0]).unwrap(),
+        bytes(&format!("hf/{TEST}"))
+    );
     let err = download(&hub, cache.path(), "owner/rgb", true)
         .unwrap_err()
         .to_string();
@@ -226,7 +267,7 @@ fn train_and_eval_on_hub_data_from_the_command_line() {
             "--checkpoint",
             run_s,
             "--data",
-            &data,
+            &format!("hub:{CONVERTED}@refs/convert/parquet"),
             "--ood",
             "hub:owner/rgb,gaussian",
             "--out",
@@ -243,7 +284,8 @@ fn train_and_eval_on_hub_data_from_the_command_line() {
         report["ood"]["hub:owner/rgb"]["msp"]["auroc"].is_number(),
         "{report}"
     );
-    // The OOD set downloaded only the test split of `owner/rgb`; nothing went elsewhere.
+    // Each set downloaded the splits it needs: the OOD set only its test split.
+    assert_eq!(hub.count("GET /datasets/owner/converted/resolve/"), 3);
     assert_eq!(hub.count("GET /datasets/owner/rgb/resolve/"), 1);
     let unknown = multimix_hub_env(
         &[

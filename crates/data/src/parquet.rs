@@ -12,6 +12,10 @@
 //! reads the labels and the image headers (sizes and colors, to choose one shape), the second
 //! decodes every image straight into its slot of the data set, on all cores. Only one row
 //! group's encoded images are in memory at a time, and the decoded set exists once.
+//!
+//! Codecs: the `parquet` crate without arrow, with its pure-Rust codecs only: snappy (pyarrow's
+//! and HF `datasets`' default), gzip and lz4. zstd (whose crate builds C code) and brotli are
+//! left out to keep the build small; such a file gets an error saying how to rewrite it.
 
 use crate::dataset::Dataset;
 use crate::error::{DataError, Result};
@@ -202,7 +206,7 @@ impl Shard {
 
 /// The `i`-th field of a projected row.
 fn field(row: &Row, i: usize) -> &Field {
-    &row.get_column_iter()
+    row.get_column_iter()
         .nth(i)
         .expect("rows hold the projected columns")
         .1

@@ -36,6 +36,8 @@ struct Commit {
 struct Repo {
     private: bool,
     commits: Vec<Commit>,
+    /// Other references (`refs/convert/parquet`, tags), each on a commit of its own.
+    refs: BTreeMap<String, Commit>,
 }
 
 impl Repo {
@@ -43,12 +45,17 @@ impl Repo {
         self.commits.last()
     }
 
-    /// The commit a revision names: `main` or a commit id.
+    /// The commit a revision names: a reference, `main` or a commit id.
     fn at(&self, revision: &str) -> Option<&Commit> {
-        if revision == "main" {
+        if let Some(c) = self.refs.get(revision) {
+            Some(c)
+        } else if revision == "main" {
             self.head()
         } else {
-            self.commits.iter().find(|c| c.sha == revision)
+            self.commits
+                .iter()
+                .chain(self.refs.values())
+                .find(|c| c.sha == revision)
         }
     }
 }
@@ -148,6 +155,20 @@ impl MockHub {
     /// the commit id.
     pub fn put_dataset(&self, repo: &str, files: &[(&str, &[u8])]) -> String {
         self.put(&format!("datasets/{repo}"), files)
+    }
+
+    /// Point `reference` of the data set repository `repo` at a new commit holding exactly
+    /// `files` (as the hub's `refs/convert/parquet` branch); `main` is unchanged.
+    pub fn put_dataset_ref(&self, repo: &str, reference: &str, files: &[(&str, &[u8])]) -> String {
+        let mut state = self.state.lock().unwrap();
+        let entry = state.repos.entry(format!("datasets/{repo}")).or_default();
+        let mut commit = Commit::default();
+        for (path, bytes) in files {
+            commit.files.insert(path.to_string(), bytes.to_vec());
+        }
+        commit.sha = commit_id(&entry.commits, &commit.files);
+        entry.refs.insert(reference.to_string(), commit.clone());
+        commit.sha
     }
 
     /// A file of the head commit of `repo`.
@@ -436,7 +457,7 @@ fn route(state: &mut State, req: &Request) -> Response {
                 repo.clone(),
                 Repo {
                     private: body["private"].as_bool().unwrap_or(false),
-                    commits: Vec::new(),
+                    ..Repo::default()
                 },
             );
             Response::json(200, serde_json::json!({ "url": format!("/{repo}") }))
