@@ -84,10 +84,11 @@ fn download(
     cache: &Path,
     repo: &str,
     with_train: bool,
-) -> Result<DatasetFiles, multimix_hub::HubError> {
+) -> Result<DatasetFiles, String> {
     Hub::new(options(hub, cache, false))
         .unwrap()
         .download_dataset(&RepoId::parse(repo).unwrap(), "main", None, with_train)
+        .map_err(|e| e.to_string())
 }
 
 #[test]
