@@ -135,9 +135,13 @@ fn truncated_and_corrupt_files_are_refused() {
     let damaged = dir.path().join("damaged.parquet");
     std::fs::write(&damaged, &flipped).unwrap();
     for path in [&truncated, &garbage, &damaged] {
-        let err = read_parquet_split(&[path.clone()], "t".into(), &SplitLayout::default())
-            .unwrap_err()
-            .to_string();
+        let err = read_parquet_split(
+            std::slice::from_ref(path),
+            "t".into(),
+            &SplitLayout::default(),
+        )
+        .unwrap_err()
+        .to_string();
         let name = path.file_name().unwrap().to_str().unwrap();
         assert!(err.contains(name), "{err}");
     }
