@@ -36,3 +36,23 @@ pub fn multimix(args: &[&str]) -> Output {
         .output()
         .expect("the multimix binary runs")
 }
+
+/// Run the `multimix` binary with a clean hub environment (`HF_HOME` set to `home`, no token,
+/// endpoint, cache or offline variable of the caller's) plus `env`.
+pub fn multimix_hub_env(args: &[&str], home: &std::path::Path, env: &[(&str, &str)]) -> Output {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_multimix"));
+    for var in [
+        "HF_TOKEN",
+        "HF_ENDPOINT",
+        "HF_HUB_OFFLINE",
+        "HF_HUB_CACHE",
+        "HF_TOKEN_PATH",
+    ] {
+        cmd.env_remove(var);
+    }
+    cmd.env("HF_HOME", home)
+        .envs(env.iter().copied())
+        .args(args)
+        .output()
+        .expect("the multimix binary runs")
+}

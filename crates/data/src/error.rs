@@ -35,6 +35,9 @@ pub enum DataError {
     /// Data sets or options that do not fit together.
     #[error("{0}")]
     Invalid(String),
+    /// A hub data set could not be downloaded.
+    #[error(transparent)]
+    Hub(Box<multimix_hub::HubError>),
 }
 
 /// Result alias of the data crate.

@@ -9,8 +9,9 @@ use crate::dataset::Dataset;
 use crate::error::{DataError, Result};
 use crate::spec::Splits;
 use crate::transform::resize_bilinear;
-use image::{ColorType, ImageDecoder, ImageReader};
+use image::{ColorType, DynamicImage, ImageDecoder, ImageError, ImageReader};
 use rayon::prelude::*;
+use std::io::{BufRead, Seek};
 use std::path::{Path, PathBuf};
 
 /// File extensions read as images (case-insensitive).
@@ -90,12 +91,18 @@ pub fn class_names(root: &Path) -> Result<Vec<String>> {
 
 /// Read the header of `path`: (height, width, whether it is gray).
 fn read_header(path: &Path) -> Result<(usize, usize, bool)> {
-    let decoder = ImageReader::open(path)
+    let reader = ImageReader::open(path)
         .map_err(io_err(path))?
         .with_guessed_format()
-        .map_err(io_err(path))?
-        .into_decoder()
-        .map_err(|e| image_err(path, e))?;
+        .map_err(io_err(path))?;
+    image_header(reader).map_err(|e| image_err(path, e))
+}
+
+/// The header of an image: (height, width, whether it is gray).
+pub(crate) fn image_header<R: BufRead + Seek>(
+    reader: ImageReader<R>,
+) -> std::result::Result<(usize, usize, bool), ImageError> {
+    let decoder = reader.into_decoder()?;
     let (w, h) = decoder.dimensions();
     let gray = matches!(
         decoder.color_type(),
@@ -104,14 +111,13 @@ fn read_header(path: &Path) -> Result<(usize, usize, bool)> {
     Ok((h as usize, w as usize, gray))
 }
 
-/// Decode `e` into `dst` as `C × H × W` (gray or RGB; alpha dropped), resized to `(h, w)`.
-fn decode_into(e: &Entry, channels: usize, (h, w): (usize, usize), dst: &mut [u8]) -> Result<()> {
-    let img = ImageReader::open(&e.path)
-        .map_err(io_err(&e.path))?
-        .with_guessed_format()
-        .map_err(io_err(&e.path))?
-        .decode()
-        .map_err(|err| image_err(&e.path, err))?;
+/// Write `img` into `dst` as `C × H × W` (gray or RGB; alpha dropped), resized to `(h, w)`.
+pub(crate) fn write_chw(
+    img: &DynamicImage,
+    channels: usize,
+    (h, w): (usize, usize),
+    dst: &mut [u8],
+) {
     let hwc = if channels == 1 {
         img.to_luma8().into_raw()
     } else {
@@ -122,6 +128,17 @@ fn decode_into(e: &Entry, channels: usize, (h, w): (usize, usize), dst: &mut [u8
         .flat_map(|c| hwc.iter().skip(c).step_by(channels).copied())
         .collect();
     dst.copy_from_slice(&resize_bilinear(&chw, (channels, ih, iw), (h, w)));
+}
+
+/// Decode `e` into `dst` as `C × H × W` (gray or RGB; alpha dropped), resized to `(h, w)`.
+fn decode_into(e: &Entry, channels: usize, size: (usize, usize), dst: &mut [u8]) -> Result<()> {
+    let img = ImageReader::open(&e.path)
+        .map_err(io_err(&e.path))?
+        .with_guessed_format()
+        .map_err(io_err(&e.path))?
+        .decode()
+        .map_err(|err| image_err(&e.path, err))?;
+    write_chw(&img, channels, size, dst);
     Ok(())
 }
 

@@ -1,7 +1,7 @@
 //! Data sets, transforms and deterministic batch loading for multimix.
 //!
 //! Readers: IDX (MNIST, Fashion-MNIST), the CIFAR-10/100 binary release, image folders (PNG,
-//! JPEG). Images are decoded once and kept as `u8`; batches are converted to `f32` in [0, 1] on a
+//! JPEG), hub data sets stored as parquet (downloaded through `multimix_hub`). Images are decoded once and kept as `u8`; batches are converted to `f32` in [0, 1] on a
 //! background thread. The embedded default data (`fashion-mnist-mini`, `mnist-mini`) needs no
 //! download; see `assets/README.md` for their sources and licenses.
 
@@ -12,6 +12,7 @@ pub mod error;
 pub mod folder;
 pub mod idx;
 pub mod loader;
+pub mod parquet;
 pub mod spec;
 pub mod transform;
 

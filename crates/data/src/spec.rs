@@ -5,7 +5,10 @@ use crate::dataset::Dataset;
 use crate::error::{DataError, Result};
 use crate::folder::load_folder;
 use crate::idx::{find_idx, idx_dataset, parse_idx, read_idx};
+use crate::parquet::{read_parquet_split, SplitLayout};
 use crate::transform::{convert_image, converts_channels};
+use multimix_hub::remote::DEFAULT_REVISION;
+use multimix_hub::{Hub, HubError, HubOptions, RepoId};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use rand_distr::{Distribution, Normal};
@@ -57,10 +60,44 @@ pub enum DataSpec {
     Gaussian,
     /// Uniform noise images, pixels i.i.d. `U[0, 1]`.
     Uniform,
+    /// A Hugging Face data set repository stored as parquet (`hub:owner/name[/config][@rev]`),
+    /// downloaded through `multimix_hub` (`HF_ENDPOINT`, `HF_HOME`, `HF_TOKEN`,
+    /// `HF_HUB_OFFLINE`) and read by [`crate::parquet`].
+    Hub {
+        /// The repository, `owner/name`.
+        repo: String,
+        /// The configuration, when the repository holds several.
+        config: Option<String>,
+        /// The branch, tag or commit (`main` when not given).
+        revision: Option<String>,
+    },
 }
 
 const FORMS: &str = "fashion-mnist-mini, mnist-mini, fashion-mnist, idx:DIR, cifar10:DIR, \
-                     cifar100:DIR, folder:DIR, folder:DIR@HxW, gaussian, uniform";
+                     cifar100:DIR, folder:DIR, folder:DIR@HxW, hub:owner/name[/config][@revision], \
+                     gaussian, uniform";
+
+/// Parse a `hub:` argument: `owner/name`, an optional `/config`, an optional `@revision`.
+fn hub_spec(arg: &str) -> Option<DataSpec> {
+    let (id, revision) = match arg.split_once('@') {
+        Some((id, rev)) => (id, Some(rev)),
+        None => (arg, None),
+    };
+    let mut parts = id.splitn(3, '/');
+    let (owner, name, config) = (parts.next()?, parts.next()?, parts.next());
+    let repo = format!("{owner}/{name}");
+    RepoId::parse(&repo).ok()?;
+    if revision.is_some_and(str::is_empty)
+        || config.is_some_and(|c| c.is_empty() || c.contains('/'))
+    {
+        return None;
+    }
+    Some(DataSpec::Hub {
+        repo,
+        config: config.map(str::to_string),
+        revision: revision.map(str::to_string),
+    })
+}
 
 /// Parse a `folder:` argument: the folder, then an optional `@HxW` size suffix.
 fn folder_spec(arg: &str) -> Option<DataSpec> {
@@ -99,6 +136,7 @@ impl FromStr for DataSpec {
                 Some(("cifar10", dir)) if !dir.is_empty() => Self::Cifar10(PathBuf::from(dir)),
                 Some(("cifar100", dir)) if !dir.is_empty() => Self::Cifar100(PathBuf::from(dir)),
                 Some(("folder", arg)) => folder_spec(arg).ok_or_else(unknown)?,
+                Some(("hub", arg)) => hub_spec(arg).ok_or_else(unknown)?,
                 _ => return Err(unknown()),
             },
         })
@@ -121,6 +159,20 @@ impl fmt::Display for DataSpec {
             } => write!(f, "folder:{}@{h}x{w}", dir.display()),
             Self::Gaussian => f.write_str("gaussian"),
             Self::Uniform => f.write_str("uniform"),
+            Self::Hub {
+                repo,
+                config,
+                revision,
+            } => {
+                write!(f, "hub:{repo}")?;
+                if let Some(c) = config {
+                    write!(f, "/{c}")?;
+                }
+                if let Some(r) = revision {
+                    write!(f, "@{r}")?;
+                }
+                Ok(())
+            }
         }
     }
 }
@@ -258,6 +310,17 @@ impl DataSpec {
             Self::Cifar10(dir) => load_cifar(CifarKind::Cifar10, dir, &self.to_string()),
             Self::Cifar100(dir) => load_cifar(CifarKind::Cifar100, dir, &self.to_string()),
             Self::Folder { dir, size } => load_folder(dir, *size, &self.to_string()),
+            Self::Hub {
+                repo,
+                config,
+                revision,
+            } => load_hub(
+                self.to_string(),
+                repo,
+                config.as_deref(),
+                revision.as_deref(),
+                true,
+            ),
             Self::Gaussian | Self::Uniform => Err(DataError::Invalid(format!(
                 "`{self}` is a noise set for OOD evaluation; it has no training split"
             ))),
@@ -270,9 +333,56 @@ impl DataSpec {
         let shape = (like.channels, like.height, like.width);
         match self {
             Self::Gaussian | Self::Uniform => noise(self, shape, count, seed),
+            Self::Hub {
+                repo,
+                config,
+                revision,
+            } => {
+                let name = self.to_string();
+                let splits = load_hub(name, repo, config.as_deref(), revision.as_deref(), false)?;
+                conform(splits.test, shape)
+            }
             _ => conform(self.load()?.test, shape),
         }
     }
+}
+
+/// Download a hub data set's parquet files (the train split only `with_train`) and read them;
+/// the test split takes the training split's classes, channels and size. `name` is the spec.
+fn load_hub(
+    name: String,
+    repo: &str,
+    config: Option<&str>,
+    revision: Option<&str>,
+    with_train: bool,
+) -> Result<Splits> {
+    let hub_err = |e: HubError| DataError::Hub(Box::new(e));
+    let repo = RepoId::parse(repo).map_err(hub_err)?;
+    let hub = Hub::new(HubOptions::from_env()).map_err(hub_err)?;
+    let revision = revision.unwrap_or(DEFAULT_REVISION);
+    let files = hub
+        .download_dataset(&repo, revision, config, with_train)
+        .map_err(hub_err)?;
+    let train = if with_train {
+        let layout = SplitLayout::default();
+        Some(read_parquet_split(
+            &files.train,
+            format!("{name}/train"),
+            &layout,
+        )?)
+    } else {
+        None
+    };
+    let layout = match &train {
+        Some(t) => SplitLayout {
+            classes: Some(&t.class_names),
+            channels: Some(t.channels),
+            size: Some((t.height, t.width)),
+        },
+        None => SplitLayout::default(),
+    };
+    let test = read_parquet_split(&files.test, format!("{name}/{}", files.test_split), &layout)?;
+    Ok(Splits { train, test })
 }
 
 fn load_idx_dir(dir: &Path, name: &str, classes: Option<Vec<String>>) -> Result<Splits> {

@@ -16,7 +16,7 @@ use std::fmt;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
-use hf_hub::repository::{AddSource, CommitOperation, RepoTypeModel};
+use hf_hub::repository::{AddSource, CommitOperation, RepoType, RepoTypeAny, RepoTypeModel};
 use hf_hub::{HFClient, HFClientSync, HFError};
 use sha2::{Digest, Sha256};
 
@@ -275,6 +275,59 @@ pub enum HubError {
         #[source]
         source: Box<HFError>,
     },
+    /// The data set repository or revision does not exist, or is private.
+    #[error(
+        "dataset repository {repo}@{revision} not found on {endpoint} (the id is owner/name as in \
+         huggingface.co/datasets/owner/name; private repositories need a token in HF_TOKEN)"
+    )]
+    DatasetNotFound {
+        /// The repository.
+        repo: RepoId,
+        /// The revision.
+        revision: String,
+        /// The hub asked.
+        endpoint: String,
+    },
+    /// A data set repository holds no parquet file.
+    #[error(
+        "dataset repository {repo}@{revision} holds no parquet file (found: {found}); multimix \
+         reads data sets stored as parquet: try the hub's conversion, \
+         hub:{repo}@refs/convert/parquet"
+    )]
+    NoParquet {
+        /// The repository.
+        repo: RepoId,
+        /// The revision.
+        revision: String,
+        /// The files found, summarized.
+        found: String,
+    },
+    /// A data set repository's parquet files have no split of that name.
+    #[error("dataset repository {repo}@{revision} has no {split} split among its parquet files (found: {found})")]
+    MissingSplit {
+        /// The repository.
+        repo: RepoId,
+        /// The revision.
+        revision: String,
+        /// The split (or splits) looked for.
+        split: String,
+        /// The parquet files found, summarized.
+        found: String,
+    },
+    /// The parquet files belong to several configurations and none was chosen, or not the one
+    /// asked for.
+    #[error(
+        "dataset repository {repo} has {problem} (configurations: {configs}); choose one with \
+         hub:{repo}/CONFIG"
+    )]
+    Config {
+        /// The repository.
+        repo: RepoId,
+        /// What is wrong.
+        problem: String,
+        /// The configurations found.
+        configs: String,
+    },
     /// A file's sha256 differs from the one expected (a zoo card's).
     #[error("{repo}: {file} has sha256 {actual}, expected {expected}")]
     ChecksumMismatch {
@@ -374,7 +427,7 @@ impl Hub {
     ) -> Result<PathBuf, HubError> {
         check_revision(revision)?;
         let log = TransferLog::new(file, self.options.progress);
-        let before = self.incomplete_blobs(repo);
+        let before = self.incomplete_blobs(RepoTypeAny::Model, repo);
         let result = self
             .client
             .model(repo.owner(), repo.name())
@@ -385,7 +438,7 @@ impl Hub {
             .progress(log.handler())
             .send();
         let path = result.map_err(|e| {
-            self.remove_new_incomplete(repo, &before);
+            self.remove_new_incomplete(RepoTypeAny::Model, repo, &before);
             self.classify(e, repo, revision, file)
         })?;
         log.finish();
@@ -403,13 +456,24 @@ impl Hub {
         revision: &str,
         files: &[&str],
     ) -> Result<PathBuf, HubError> {
+        self.snapshot(RepoTypeAny::Model, repo, revision, files)
+    }
+
+    /// [`Hub::download_files`] for a repository of type `kind`.
+    fn snapshot(
+        &self,
+        kind: RepoTypeAny,
+        repo: &RepoId,
+        revision: &str,
+        files: &[&str],
+    ) -> Result<PathBuf, HubError> {
         check_revision(revision)?;
         let label = files.join(", ");
         let log = TransferLog::new(&label, self.options.progress);
-        let before = self.incomplete_blobs(repo);
+        let before = self.incomplete_blobs(kind, repo);
         let result = self
             .client
-            .model(repo.owner(), repo.name())
+            .repository(kind, repo.owner(), repo.name())
             .snapshot_download()
             .revision(revision)
             .allow_patterns(files.iter().map(|f| f.to_string()).collect())
@@ -417,7 +481,7 @@ impl Hub {
             .progress(log.handler())
             .send();
         let dir = result.map_err(|e| {
-            self.remove_new_incomplete(repo, &before);
+            self.remove_new_incomplete(kind, repo, &before);
             self.classify(e, repo, revision, &label)
         })?;
         log.finish();
@@ -438,6 +502,89 @@ impl Hub {
             self.verify(repo, file, &path, log.record(file))?;
         }
         Ok(dir)
+    }
+
+    /// Download the parquet files of a data set repository (repo type dataset): the test split
+    /// (`test`, else `validation`) and, when `with_train`, the train split, every shard of
+    /// each, from the configuration `config` (needed only when there are several). See
+    /// [`select_parquet`] for the layouts understood.
+    pub fn download_dataset(
+        &self,
+        repo: &RepoId,
+        revision: &str,
+        config: Option<&str>,
+        with_train: bool,
+    ) -> Result<DatasetFiles, HubError> {
+        check_revision(revision)?;
+        let files = self.dataset_file_list(repo, revision)?;
+        let layout = select_parquet(repo, revision, &files, config)?;
+        let missing = |split: &str, found: &[String]| HubError::MissingSplit {
+            repo: repo.clone(),
+            revision: revision.to_string(),
+            split: split.to_string(),
+            found: summarize(found),
+        };
+        let parquet: Vec<String> = files
+            .iter()
+            .filter(|f| f.ends_with(".parquet"))
+            .cloned()
+            .collect();
+        if with_train && layout.train.is_empty() {
+            return Err(missing("train", &parquet));
+        }
+        if layout.test.is_empty() {
+            return Err(missing("test (or validation)", &parquet));
+        }
+        let train = if with_train { layout.train } else { Vec::new() };
+        let wanted: Vec<&str> = train
+            .iter()
+            .chain(&layout.test)
+            .map(String::as_str)
+            .collect();
+        let dir = self.snapshot(RepoTypeAny::Dataset, repo, revision, &wanted)?;
+        let paths = |files: &[String]| files.iter().map(|f| dir.join(f)).collect();
+        Ok(DatasetFiles {
+            train: paths(&train),
+            test: paths(&layout.test),
+            test_split: layout.test_split.to_string(),
+        })
+    }
+
+    /// The files of a data set repository at `revision`: from the hub, or offline from the
+    /// cached snapshot.
+    fn dataset_file_list(&self, repo: &RepoId, revision: &str) -> Result<Vec<String>, HubError> {
+        let handle = self.client.dataset(repo.owner(), repo.name());
+        let not_found = || HubError::DatasetNotFound {
+            repo: repo.clone(),
+            revision: revision.to_string(),
+            endpoint: self.endpoint().to_string(),
+        };
+        if self.options.offline {
+            let dir = handle
+                .snapshot_download()
+                .revision(revision)
+                .local_files_only(true)
+                .send()
+                .map_err(|e| self.classify(e, repo, revision, "the data set's files"))?;
+            let mut files = Vec::new();
+            list_files(&dir, "", &mut files)
+                .map_err(|source| HubError::Io { path: dir, source })?;
+            return Ok(files);
+        }
+        let info = handle
+            .info()
+            .revision(revision)
+            .send()
+            .map_err(|e| match e {
+                HFError::RepoNotFound { .. } | HFError::RevisionNotFound { .. } => not_found(),
+                other => self.classify(other, repo, revision, "the data set's file list"),
+            })?;
+        Ok(info
+            .siblings
+            .unwrap_or_default()
+            .into_iter()
+            .map(|s| s.rfilename)
+            .collect())
     }
 
     /// Download what a checkpoint needs ([`CHECKPOINT_FILES`]) and return the directory.
@@ -549,16 +696,15 @@ impl Hub {
         self.options.endpoint.trim_end_matches('/')
     }
 
-    fn blobs_dir(&self, repo: &RepoId) -> PathBuf {
-        self.options
-            .cache_dir
-            .join(repo.cache_folder())
-            .join("blobs")
+    /// The blobs folder of a repository of type `kind` (`{models,datasets}--owner--name`).
+    fn blobs_dir(&self, kind: RepoTypeAny, repo: &RepoId) -> PathBuf {
+        let folder = format!("{}--{}--{}", kind.plural(), repo.owner(), repo.name());
+        self.options.cache_dir.join(folder).join("blobs")
     }
 
     /// The partial downloads hf-hub left in the repository's blobs folder.
-    fn incomplete_blobs(&self, repo: &RepoId) -> BTreeSet<PathBuf> {
-        std::fs::read_dir(self.blobs_dir(repo))
+    fn incomplete_blobs(&self, kind: RepoTypeAny, repo: &RepoId) -> BTreeSet<PathBuf> {
+        std::fs::read_dir(self.blobs_dir(kind, repo))
             .into_iter()
             .flatten()
             .filter_map(|entry| Some(entry.ok()?.path()))
@@ -571,8 +717,8 @@ impl Hub {
     /// A download of the same repository by another process during the call would lose its
     /// partial file too; hf-hub then fails its rename and that download reports an error, so no
     /// broken file results.
-    fn remove_new_incomplete(&self, repo: &RepoId, before: &BTreeSet<PathBuf>) {
-        for path in self.incomplete_blobs(repo).difference(before) {
+    fn remove_new_incomplete(&self, kind: RepoTypeAny, repo: &RepoId, before: &BTreeSet<PathBuf>) {
+        for path in self.incomplete_blobs(kind, repo).difference(before) {
             // A file that cannot be removed is ignored: hf-hub never serves `.incomplete` files.
             let _ = std::fs::remove_file(path);
         }
@@ -627,6 +773,142 @@ impl Hub {
             }
         }
     }
+}
+
+/// The parquet files of a data set's splits, local paths in the cache.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DatasetFiles {
+    /// The train split's shards, in order (empty when not asked for).
+    pub train: Vec<PathBuf>,
+    /// The test split's shards, in order.
+    pub test: Vec<PathBuf>,
+    /// The split used as test: `test`, or `validation` when there is no test split.
+    pub test_split: String,
+}
+
+/// The parquet files of a repository's splits, paths in the repository.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ParquetLayout {
+    /// The train split's shards, sorted.
+    pub train: Vec<String>,
+    /// The test (or validation) split's shards, sorted.
+    pub test: Vec<String>,
+    /// `test`, or `validation` when there is no test split.
+    pub test_split: &'static str,
+}
+
+/// Split names and their synonyms, as HF `datasets` recognizes them in file and folder names.
+const SPLIT_KEYWORDS: [(&str, &[&str]); 3] = [
+    ("train", &["train", "training"]),
+    ("validation", &["validation", "valid", "val", "dev"]),
+    ("test", &["test", "testing", "eval", "evaluation"]),
+];
+
+/// The split a repository path names: the last word of the path (words are split at `/`,
+/// `-`, `_`, `.`, spaces and digits) that is a split keyword. `data/train-00000-of-00002.parquet`,
+/// `mnist/train/0000.parquet` and `plain_text/test-00000-of-00001.parquet` name train, train,
+/// test.
+pub fn split_of(path: &str) -> Option<&'static str> {
+    let stem = path.strip_suffix(".parquet").unwrap_or(path);
+    stem.split(|c: char| !c.is_ascii_alphabetic())
+        .rev()
+        .find_map(|word| {
+            let word = word.to_ascii_lowercase();
+            SPLIT_KEYWORDS
+                .iter()
+                .find(|(_, keys)| keys.contains(&word.as_str()))
+                .map(|(split, _)| *split)
+        })
+}
+
+/// The configuration a repository path belongs to: its first folder, unless that folder is
+/// `data` or names a split (`{config}/train-*.parquet`, `{config}/train/*.parquet`).
+fn config_of(path: &str) -> Option<&str> {
+    let (first, _) = path.split_once('/')?;
+    (first != "data" && split_of(first).is_none()).then_some(first)
+}
+
+/// At most eight names, then how many more.
+fn summarize(files: &[String]) -> String {
+    if files.is_empty() {
+        return "nothing".into();
+    }
+    let mut out = files.iter().take(8).cloned().collect::<Vec<_>>().join(", ");
+    if files.len() > 8 {
+        out.push_str(&format!(" and {} more", files.len() - 8));
+    }
+    out
+}
+
+/// Choose the parquet files of the train and test splits among a data set repository's files.
+///
+/// Layouts: `data/{split}-00000-of-00001.parquet` (what `push_to_hub` writes),
+/// `{config}/{split}-*.parquet`, `{split}/*.parquet`, `{config}/{split}/*.parquet` (the hub's
+/// `refs/convert/parquet`); several shards per split. The test split is `test`, else
+/// `validation`. With several configurations, `config` chooses one (`default` is taken when
+/// there is one and none is chosen).
+pub fn select_parquet(
+    repo: &RepoId,
+    revision: &str,
+    files: &[String],
+    config: Option<&str>,
+) -> Result<ParquetLayout, HubError> {
+    let mut parquet: Vec<&String> = files.iter().filter(|f| f.ends_with(".parquet")).collect();
+    if parquet.is_empty() {
+        return Err(HubError::NoParquet {
+            repo: repo.clone(),
+            revision: revision.to_string(),
+            found: summarize(files),
+        });
+    }
+    parquet.sort();
+    let configs: BTreeSet<&str> = parquet.iter().filter_map(|f| config_of(f)).collect();
+    let config_error = |problem: String| HubError::Config {
+        repo: repo.clone(),
+        problem,
+        configs: configs.iter().copied().collect::<Vec<_>>().join(", "),
+    };
+    let chosen = match config {
+        Some(c) if configs.contains(c) => Some(c),
+        Some(c) => return Err(config_error(format!("no configuration `{c}`"))),
+        None if configs.len() <= 1 => configs.first().copied(),
+        None if configs.contains("default") => Some("default"),
+        None => return Err(config_error("several configurations".into())),
+    };
+    let of_split = |split: &str| -> Vec<String> {
+        parquet
+            .iter()
+            .filter(|f| config_of(f) == chosen && split_of(f) == Some(split))
+            .map(|f| f.to_string())
+            .collect()
+    };
+    let test = of_split("test");
+    let (test, test_split) = if test.is_empty() {
+        (of_split("validation"), "validation")
+    } else {
+        (test, "test")
+    };
+    Ok(ParquetLayout {
+        train: of_split("train"),
+        test,
+        test_split,
+    })
+}
+
+/// Append the files under `dir` to `out`, as paths relative to it with `/` (`prefix` is the
+/// path of `dir` so far).
+fn list_files(dir: &Path, prefix: &str, out: &mut Vec<String>) -> std::io::Result<()> {
+    for entry in std::fs::read_dir(dir)? {
+        let path = entry?.path();
+        let name = path.file_name().unwrap_or_default().to_string_lossy();
+        let rel = format!("{prefix}{name}");
+        if path.is_dir() {
+            list_files(&path, &format!("{rel}/"), out)?;
+        } else {
+            out.push(rel);
+        }
+    }
+    Ok(())
 }
 
 /// Refuse revisions that cannot name a branch, tag or commit.
@@ -771,6 +1053,96 @@ mod tests {
             let err = RepoId::parse(bad).unwrap_err().to_string();
             assert!(err.contains(bad), "{err}");
         }
+    }
+
+    fn layout(files: &[&str], config: Option<&str>) -> Result<ParquetLayout, HubError> {
+        let files: Vec<String> = files.iter().map(|f| f.to_string()).collect();
+        select_parquet(&RepoId::parse("o/n").unwrap(), "main", &files, config)
+    }
+
+    #[test]
+    fn parquet_splits_in_the_usual_layouts() {
+        // push_to_hub's layout, shards out of order in the listing.
+        let l = layout(
+            &[
+                "README.md",
+                "data/train-00001-of-00002.parquet",
+                "data/test-00000-of-00001.parquet",
+                "data/train-00000-of-00002.parquet",
+            ],
+            None,
+        )
+        .unwrap();
+        assert_eq!(
+            l.train,
+            [
+                "data/train-00000-of-00002.parquet",
+                "data/train-00001-of-00002.parquet"
+            ]
+        );
+        assert_eq!(l.test, ["data/test-00000-of-00001.parquet"]);
+        assert_eq!(l.test_split, "test");
+        // One configuration folder, validation as the test split.
+        let l = layout(
+            &[
+                "plain_text/train-00000-of-00001.parquet",
+                "plain_text/validation-0.parquet",
+            ],
+            None,
+        )
+        .unwrap();
+        assert_eq!(l.train, ["plain_text/train-00000-of-00001.parquet"]);
+        assert_eq!(
+            (l.test[0].as_str(), l.test_split),
+            ("plain_text/validation-0.parquet", "validation")
+        );
+        // Split folders, and the hub's parquet conversion with two configurations.
+        let l = layout(
+            &[
+                "train/0000.parquet",
+                "train/0001.parquet",
+                "test/0000.parquet",
+            ],
+            None,
+        )
+        .unwrap();
+        assert_eq!((l.train.len(), l.test.len()), (2, 1));
+        let converted = [
+            "a/train/0000.parquet",
+            "a/test/0000.parquet",
+            "default/train/0000.parquet",
+            "default/test/0000.parquet",
+        ];
+        let l = layout(&converted, None).unwrap();
+        assert_eq!(l.train, ["default/train/0000.parquet"]);
+        let l = layout(&converted, Some("a")).unwrap();
+        assert_eq!(l.test, ["a/test/0000.parquet"]);
+    }
+
+    #[test]
+    fn parquet_selection_errors_list_what_was_found() {
+        let err = layout(&["README.md", "mnist.py"], None)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("no parquet") && err.contains("README.md, mnist.py"),
+            "{err}"
+        );
+        let err = layout(&["a/train/0.parquet", "b/train/0.parquet"], None)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("configurations: a, b") && err.contains("hub:o/n/CONFIG"),
+            "{err}"
+        );
+        let err = layout(&["a/train/0.parquet"], Some("z"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("no configuration `z`"), "{err}");
+        let l = layout(&["data/unsupervised-0.parquet"], None).unwrap();
+        assert!(l.train.is_empty() && l.test.is_empty());
+        assert_eq!(split_of("mnist/mnist-train.parquet"), Some("train"));
+        assert_eq!(split_of("data/other-0.parquet"), None);
     }
 
     #[test]

@@ -6,6 +6,8 @@
 //!   `Content-Length`; 304 on a matching `If-None-Match`; 404 with `X-Repo-Commit` for a
 //!   missing file.
 //! - `GET /api/models/{owner}/{name}/revision/{revision}` and `.../tree/{commit}`.
+//! - The same for data set repositories (created with [`MockHub::put_dataset`]):
+//!   `HEAD|GET /datasets/{owner}/{name}/resolve/...`, `GET /api/datasets/{owner}/{name}/...`.
 //! - `POST /api/repos/create`, `.../preupload/{revision}` (every file "regular") and
 //!   `.../commit/{revision}` (NDJSON with base64 contents).
 //!
@@ -34,6 +36,8 @@ struct Commit {
 struct Repo {
     private: bool,
     commits: Vec<Commit>,
+    /// Other references (`refs/convert/parquet`, tags), each on a commit of its own.
+    refs: BTreeMap<String, Commit>,
 }
 
 impl Repo {
@@ -41,12 +45,17 @@ impl Repo {
         self.commits.last()
     }
 
-    /// The commit a revision names: `main` or a commit id.
+    /// The commit a revision names: a reference, `main` or a commit id.
     fn at(&self, revision: &str) -> Option<&Commit> {
-        if revision == "main" {
+        if let Some(c) = self.refs.get(revision) {
+            Some(c)
+        } else if revision == "main" {
             self.head()
         } else {
-            self.commits.iter().find(|c| c.sha == revision)
+            self.commits
+                .iter()
+                .chain(self.refs.values())
+                .find(|c| c.sha == revision)
         }
     }
 }
@@ -139,6 +148,26 @@ impl MockHub {
         }
         commit.sha = commit_id(&entry.commits, &commit.files);
         entry.commits.push(commit.clone());
+        commit.sha
+    }
+
+    /// Create the data set repository `repo` (or add a commit to it) holding `files`; returns
+    /// the commit id.
+    pub fn put_dataset(&self, repo: &str, files: &[(&str, &[u8])]) -> String {
+        self.put(&format!("datasets/{repo}"), files)
+    }
+
+    /// Point `reference` of the data set repository `repo` at a new commit holding exactly
+    /// `files` (as the hub's `refs/convert/parquet` branch); `main` is unchanged.
+    pub fn put_dataset_ref(&self, repo: &str, reference: &str, files: &[(&str, &[u8])]) -> String {
+        let mut state = self.state.lock().unwrap();
+        let entry = state.repos.entry(format!("datasets/{repo}")).or_default();
+        let mut commit = Commit::default();
+        for (path, bytes) in files {
+            commit.files.insert(path.to_string(), bytes.to_vec());
+        }
+        commit.sha = commit_id(&entry.commits, &commit.files);
+        entry.refs.insert(reference.to_string(), commit.clone());
         commit.sha
     }
 
@@ -353,9 +382,16 @@ fn not_found(code: &str) -> Response {
 
 fn route(state: &mut State, req: &Request) -> Response {
     let segments: Vec<&str> = req.path.trim_start_matches('/').split('/').collect();
+    // A data set repository is stored under `datasets/owner/name`: strip the type from the
+    // path and put it back on the repository's key.
+    let (prefix, segments) = match segments.as_slice() {
+        ["datasets", rest @ ..] => ("datasets/", rest.to_vec()),
+        ["api", "datasets", rest @ ..] => ("datasets/", [&["api", "models"][..], rest].concat()),
+        _ => ("", segments),
+    };
     match (req.method.as_str(), segments.as_slice()) {
         ("HEAD" | "GET", [owner, name, "resolve", revision, file @ ..]) => {
-            let repo = format!("{owner}/{name}");
+            let repo = format!("{prefix}{owner}/{name}");
             let file = file
                 .iter()
                 .map(|s| percent_decode(s))
@@ -364,16 +400,15 @@ fn route(state: &mut State, req: &Request) -> Response {
             resolve(state, req, &repo, &percent_decode(revision), &file)
         }
         ("GET", ["api", "models", owner, name, "revision", revision]) => {
-            let repo = format!("{owner}/{name}");
-            match state
-                .repos
-                .get(&repo)
-                .and_then(|r| r.at(&percent_decode(revision)))
-            {
+            let repo = format!("{prefix}{owner}/{name}");
+            let Some(r) = state.repos.get(&repo) else {
+                return not_found("RepoNotFound");
+            };
+            match r.at(&percent_decode(revision)) {
                 Some(c) => Response::json(
                     200,
                     serde_json::json!({
-                        "id": repo,
+                        "id": repo.trim_start_matches(prefix),
                         "sha": c.sha,
                         "siblings": c.files.keys().map(|f| serde_json::json!({"rfilename": f})).collect::<Vec<_>>(),
                     }),
@@ -382,7 +417,7 @@ fn route(state: &mut State, req: &Request) -> Response {
             }
         }
         ("GET", ["api", "models", owner, name, "tree", revision, ..]) => {
-            let repo = format!("{owner}/{name}");
+            let repo = format!("{prefix}{owner}/{name}");
             match state
                 .repos
                 .get(&repo)
@@ -422,7 +457,7 @@ fn route(state: &mut State, req: &Request) -> Response {
                 repo.clone(),
                 Repo {
                     private: body["private"].as_bool().unwrap_or(false),
-                    commits: Vec::new(),
+                    ..Repo::default()
                 },
             );
             Response::json(200, serde_json::json!({ "url": format!("/{repo}") }))
