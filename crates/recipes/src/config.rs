@@ -183,8 +183,8 @@ pub struct MixConfig {
     /// only: with tuples of the whole batch (m = b) and α = 1, every interpolated target is close
     /// to the batch's label histogram and the per-example part of the gradient is about
     /// 1/(mα + 1) of it, so a model trained from scratch for a few epochs barely learns (pooled
-    /// MultiMix: 29 % test accuracy in a 3-epoch run on the default data; with the clean term
-    /// the default dense MultiMix run reaches 83 %). Set `false` to train as the paper does.
+    /// MultiMix: 26 % test accuracy in a 3-epoch run on the default data; with the clean term
+    /// the default dense MultiMix run reaches 84 %). Set `false` to train as the paper does.
     pub clean_loss: bool,
 }
 
