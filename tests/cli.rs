@@ -225,35 +225,16 @@ fn ctrl_c_saves_a_checkpoint_and_resume_finishes() {
     let text = common::TINY_CONFIG.replace("max_steps = 4", "max_steps = 400");
     std::fs::write(&config, text).unwrap();
     let run = dir.path().join("run");
-    let child = std::process::Command::new(env!("CARGO_BIN_EXE_multimix"))
-        .args([
+    common::interrupt_training(
+        &[
             "train",
             "--config",
             config.to_str().unwrap(),
             "--out",
             run.to_str().unwrap(),
-        ])
-        .stderr(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    // config.toml is written once training starts, after the handler is installed.
-    let t0 = std::time::Instant::now();
-    while !run.join("config.toml").exists() {
-        assert!(t0.elapsed().as_secs() < 60, "training did not start");
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
-    std::thread::sleep(std::time::Duration::from_millis(200));
-    // SAFETY: sends SIGINT to the child process we spawned.
-    unsafe {
-        libc::kill(child.id() as libc::pid_t, libc::SIGINT);
-    }
-    let out = child.wait_with_output().unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(130), "{err}");
-    assert!(err.contains("--resume"), "{err}");
-    assert!(run.join("checkpoint.safetensors").is_file());
-    assert!(!run.join("report.json").exists());
+        ],
+        &run,
+    );
     let resumed = common::multimix(&["train", "--resume", run.to_str().unwrap()]);
     assert!(
         resumed.status.success(),

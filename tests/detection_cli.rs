@@ -215,8 +215,8 @@ fn ctrl_c_saves_a_checkpoint_and_resume_finishes() {
     let text = DET_CONFIG.replace("epochs = 40", "epochs = 400\nmax_steps = 300");
     std::fs::write(&config, text).unwrap();
     let run = dir.path().join("run");
-    let child = std::process::Command::new(env!("CARGO_BIN_EXE_multimix"))
-        .args([
+    common::interrupt_training(
+        &[
             "train",
             "--task",
             "detection",
@@ -228,28 +228,9 @@ fn ctrl_c_saves_a_checkpoint_and_resume_finishes() {
             "2",
             "--out",
             run.to_str().unwrap(),
-        ])
-        .stderr(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    // config.toml is written once training starts, after the handler is installed.
-    let t0 = std::time::Instant::now();
-    while !run.join("config.toml").exists() {
-        assert!(t0.elapsed().as_secs() < 60, "training did not start");
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
-    std::thread::sleep(std::time::Duration::from_millis(200));
-    // SAFETY: sends SIGINT to the child process we spawned.
-    unsafe {
-        libc::kill(child.id() as libc::pid_t, libc::SIGINT);
-    }
-    let out = child.wait_with_output().unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(130), "{err}");
-    assert!(err.contains("--resume"), "{err}");
-    assert!(run.join("checkpoint.safetensors").is_file());
-    assert!(!run.join("report.json").exists());
+        ],
+        &run,
+    );
     let run_s = run.to_str().unwrap();
     // Flags beside --resume are refused; so is --task detection on a run that is not one.
     let line = one_error_line(&multimix(&[

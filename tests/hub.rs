@@ -2,14 +2,16 @@
 //! zoo names resolve, and `multimix hub` / `multimix zoo` work end to end against the local hub
 //! of `crates/hub/tests/support/mock_hub.rs` on 127.0.0.1.
 
+mod common;
 #[path = "../crates/hub/tests/support/mock_hub.rs"]
 mod mock_hub;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 
 use candle_core::{Device, Tensor};
+use common::multimix_hub_env as run;
 use mock_hub::MockHub;
 use multimix::checkpoint::{load_model, CheckpointSource};
 use multimix_backbones::{Ctx, Model, ModelConfig};
@@ -133,24 +135,6 @@ fn hub_references_and_zoo_names_resolve_and_load() {
             "{err:#}"
         );
     }
-}
-
-/// Run `multimix` with a clean hub environment (`HF_HOME` in `home`) plus `env`.
-fn run(args: &[&str], home: &Path, env: &[(&str, &str)]) -> Output {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_multimix"));
-    for var in [
-        "HF_TOKEN",
-        "HF_ENDPOINT",
-        "HF_HUB_OFFLINE",
-        "HF_HUB_CACHE",
-        "HF_TOKEN_PATH",
-    ] {
-        cmd.env_remove(var);
-    }
-    cmd.env("HF_HOME", home)
-        .envs(env.iter().copied())
-        .args(args);
-    cmd.output().expect("the multimix binary runs")
 }
 
 fn stdout_last_line(out: &Output) -> String {

@@ -56,3 +56,32 @@ pub fn multimix_hub_env(args: &[&str], home: &std::path::Path, env: &[(&str, &st
         .output()
         .expect("the multimix binary runs")
 }
+
+/// Start `multimix` with `args` (a training run writing into `run`), send it SIGINT once training
+/// has started, and check that it exits with 130, names `--resume` and leaves a checkpoint and
+/// no report.
+pub fn interrupt_training(args: &[&str], run: &std::path::Path) {
+    let child = Command::new(env!("CARGO_BIN_EXE_multimix"))
+        .args(args)
+        .stderr(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // config.toml is written once training starts, after the handler is installed.
+    let t0 = std::time::Instant::now();
+    while !run.join("config.toml").exists() {
+        assert!(t0.elapsed().as_secs() < 60, "training did not start");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    // SAFETY: sends SIGINT to the child process we spawned.
+    unsafe {
+        libc::kill(child.id() as libc::pid_t, libc::SIGINT);
+    }
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(130), "{err}");
+    assert!(err.contains("--resume"), "{err}");
+    assert!(run.join("checkpoint.safetensors").is_file());
+    assert!(!run.join("report.json").exists());
+}
