@@ -9,21 +9,16 @@
 //! cargo bench --bench mixing            # or: cargo bench --bench mixing -- --quick
 //! ```
 
-use candle_core::{Device, Tensor, Var};
-use multimix_augment::dense::{
-    attention, dense_multimix_loss, gap_query, mix_dense_factored, mix_dense_targets_factored,
-};
-use multimix_augment::loss::soft_cross_entropy;
-use multimix_augment::multimix::{mix_rows, multimix_loss};
-use multimix_augment::targets::smooth_one_hot;
-use multimix_augment::{AttnNorm, MultiMix};
+#[path = "../crates/augment/benches/cases/mod.rs"]
+mod cases;
+
+use candle_core::Device;
+use cases::{dense_case, multimix_case, Pooled, B};
 use multimix_recipes::bench::{StepSpec, TrainStep};
 use multimix_recipes::config::{MixMethod, OptimizerKind, DEFAULT_ARCHITECTURE};
-use rand::{Rng, SeedableRng};
+use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use std::time::Instant;
-
-const B: usize = 128;
 
 /// Median wall and CPU seconds of a repeated run.
 #[derive(Clone, Copy)]
@@ -71,12 +66,6 @@ fn median(warmup: usize, reps: usize, mut f: impl FnMut()) -> Timing {
     }
 }
 
-fn uniform(rng: &mut ChaCha8Rng, dims: &[usize]) -> Tensor {
-    let n: usize = dims.iter().product();
-    let v: Vec<f32> = (0..n).map(|_| rng.random::<f32>() * 2.0 - 1.0).collect();
-    Tensor::from_vec(v, dims, &Device::Cpu).expect("host tensor")
-}
-
 /// One full training step of the default ViT on a batch of 128 under `method`, as
 /// `multimix bench` runs it (the training loss, backward, AdamW).
 fn train_step(method: MixMethod, reps: usize) -> Timing {
@@ -94,77 +83,14 @@ fn train_step(method: MixMethod, reps: usize) -> Timing {
     })
 }
 
-/// How MultiMix's loss is computed.
-#[derive(Clone, Copy)]
-enum Pooled {
-    /// The fused op on the logits (what training runs for the affine head).
-    Fused,
-    /// Mixing the logits, then `soft_cross_entropy` (the composite reference).
-    Logits,
-    /// Mixing `[b, d]` embeddings and applying a `[c, d]` head (the non-affine fallback).
-    Embeddings(usize),
-}
-
-/// MultiMix for a batch of `B`: sample Λ, mix values and targets, loss, backward.
+/// MultiMix op timings (see [`multimix_case`]).
 fn multimix_op(n: usize, c: usize, how: Pooled, rng: &mut ChaCha8Rng) -> Timing {
-    let k = match how {
-        Pooled::Embeddings(d) => d,
-        _ => c,
-    };
-    let values = Var::from_tensor(&uniform(rng, &[B, k])).expect("var");
-    let head = uniform(rng, &[c, k]).t().expect("t");
-    let labels: Vec<u32> = (0..B).map(|i| (i % c) as u32).collect();
-    let y = smooth_one_hot(&labels, c, 0.0, &Device::Cpu).expect("targets");
-    let cfg = MultiMix {
-        n,
-        alpha: 1.0,
-        m: None,
-    };
-    let mut op_rng = ChaCha8Rng::seed_from_u64(1);
-    median(2, 9, || {
-        let lambda = cfg.sample(B, &mut op_rng, &Device::Cpu).expect("Λ");
-        let loss = match how {
-            Pooled::Fused => multimix_loss(&lambda, &values, &y).expect("loss"),
-            Pooled::Logits | Pooled::Embeddings(_) => {
-                let mixed = mix_rows(&lambda, &values).expect("mix");
-                let logits = match how {
-                    Pooled::Embeddings(_) => mixed.matmul(&head).expect("head"),
-                    _ => mixed,
-                };
-                let mixed_y = mix_rows(&lambda, &y).expect("targets");
-                soft_cross_entropy(&logits, &mixed_y).expect("loss")
-            }
-        };
-        loss.backward().expect("backward");
-    })
+    median(2, 9, multimix_case(n, c, how, rng))
 }
 
-/// Dense MultiMix on `[b, r, d]` embeddings with per-position `[b, r, c]` logits: attention (gap
-/// query, softmax, detached), Λ, mixed logits and targets, loss, backward; fused (as training
-/// runs) or composite.
+/// Dense MultiMix op timings (see [`dense_case`]).
 fn dense_op(n: usize, r: usize, d: usize, c: usize, fused: bool, rng: &mut ChaCha8Rng) -> Timing {
-    let z = uniform(rng, &[B, r, d]);
-    let logits = Var::from_tensor(&uniform(rng, &[B, r, c])).expect("var");
-    let labels: Vec<u32> = (0..B).map(|i| (i % c) as u32).collect();
-    let y = smooth_one_hot(&labels, c, 0.0, &Device::Cpu).expect("targets");
-    let cfg = MultiMix {
-        n,
-        alpha: 1.0,
-        m: None,
-    };
-    let mut op_rng = ChaCha8Rng::seed_from_u64(2);
-    median(2, 9, || {
-        let attn = attention(&z, Some(&gap_query(&z).expect("q")), AttnNorm::Softmax).expect("a");
-        let lambda = cfg.sample(B, &mut op_rng, &Device::Cpu).expect("Λ");
-        let loss = if fused {
-            dense_multimix_loss(&lambda, &attn, &logits, &y).expect("loss")
-        } else {
-            let mixed = mix_dense_factored(&lambda, &attn, &logits).expect("mix");
-            let targets = mix_dense_targets_factored(&lambda, &attn, &y).expect("targets");
-            soft_cross_entropy(&mixed, &targets).expect("loss")
-        };
-        loss.backward().expect("backward");
-    })
+    median(2, 9, dense_case(n, r, d, c, fused, rng))
 }
 
 fn main() {
