@@ -509,7 +509,29 @@ pub struct Model {
 impl Model {
     /// Build the model on `device`, initializing weights from a generator seeded with `seed`.
     pub fn new(config: &ModelConfig, device: &Device, seed: u64) -> Result<Self> {
-        let params = ParamStore::new(device, seed);
+        Self::build(config, ParamStore::new(device, seed))
+    }
+
+    /// The same model over a [`ParamStore::frozen`] view of its weights: outputs are equal, the
+    /// weights are shared (updates to this model show), and a backward of the outputs computes
+    /// the gradient with respect to the input only, skipping every weight gradient. For
+    /// attacks and input pre-processing, which need `∇_x` alone.
+    pub fn frozen(&self) -> Result<Self> {
+        if self.is_frozen() {
+            return Self::build(&self.config, self.params.clone());
+        }
+        Self::build(&self.config, self.params.frozen())
+    }
+
+    /// Whether this model was made by [`Model::frozen`].
+    pub fn is_frozen(&self) -> bool {
+        self.params.is_frozen()
+    }
+
+    /// The backbone of `config` over `params` (created there, or looked up in a frozen view).
+    fn build(config: &ModelConfig, params: ParamStore) -> Result<Self> {
+        let device = params.device().clone();
+        let device = &device;
         let backbone: Box<dyn Backbone> = match &config.arch {
             ArchConfig::Vit(c) => Box::new(VisionTransformer::new(&params, c)?),
             ArchConfig::ResNet(c) => Box::new(ResNet::new(&params, c)?),

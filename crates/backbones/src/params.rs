@@ -84,12 +84,14 @@ struct Inner {
 
 /// A store of named tensors: trainable parameters (`Var`s that receive gradients) and buffers
 /// (`Var`s updated in place, such as BatchNorm running statistics, that the optimizer skips).
-/// Cloning shares the store; [`ParamStore::pp`] returns a view under a name prefix.
+/// Cloning shares the store; [`ParamStore::pp`] returns a view under a name prefix and
+/// [`ParamStore::frozen`] a view whose parameters track no gradient.
 #[derive(Clone)]
 pub struct ParamStore {
     inner: Arc<Mutex<Inner>>,
     prefix: String,
     device: Device,
+    frozen: bool,
 }
 
 /// What a non-strict load left out: names the model has but the weights lack, and the reverse.
@@ -99,6 +101,21 @@ pub struct LoadReport {
     pub missing: Vec<String>,
     /// Tensors in the file that the model does not have (ignored).
     pub unexpected: Vec<String>,
+}
+
+/// The entry `full` of a built store, checked against the shape a frozen rebuild asks for.
+fn existing(inner: &Inner, full: &str, shape: &Shape) -> Result<Var> {
+    match inner.entries.get(full) {
+        Some(e) if e.var.shape() == shape => Ok(e.var.clone()),
+        Some(e) => Err(BackboneError::WeightMismatch(format!(
+            "frozen view: `{full}` is {:?} in the store, the model asks for {:?}",
+            e.var.dims(),
+            shape.dims()
+        ))),
+        None => Err(BackboneError::WeightMismatch(format!(
+            "frozen view: `{full}` is not in the store; build the model before freezing it"
+        ))),
+    }
 }
 
 impl ParamStore {
@@ -111,7 +128,25 @@ impl ParamStore {
             })),
             prefix: String::new(),
             device: device.clone(),
+            frozen: false,
         }
+    }
+
+    /// A view of the same, already built store in which [`ParamStore::param`] and
+    /// [`ParamStore::buffer`] look up the existing tensors instead of creating them, and
+    /// parameters come back detached: they share the variables' storage (so they see every
+    /// later update) but no gradient is computed for them. Building a backbone on this view
+    /// gives a model whose backward computes input gradients only (attacks, ODIN).
+    pub fn frozen(&self) -> Self {
+        Self {
+            frozen: true,
+            ..self.clone()
+        }
+    }
+
+    /// Whether this is a [`ParamStore::frozen`] view.
+    pub fn is_frozen(&self) -> bool {
+        self.frozen
     }
 
     /// The device tensors are created on.
@@ -130,6 +165,7 @@ impl ParamStore {
             inner: self.inner.clone(),
             prefix,
             device: self.device.clone(),
+            frozen: self.frozen,
         }
     }
 
@@ -156,6 +192,9 @@ impl ParamStore {
     ) -> Result<Var> {
         let full = self.full_name(name);
         let mut inner = self.lock();
+        if self.frozen {
+            return existing(&inner, &full, &shape);
+        }
         if inner.entries.contains_key(&full) {
             return Err(BackboneError::DuplicateParam(full));
         }
@@ -172,9 +211,13 @@ impl ParamStore {
         Ok(var)
     }
 
-    /// Register a trainable f32 parameter and return it as a tensor that tracks gradients.
+    /// Register a trainable f32 parameter and return it as a tensor that tracks gradients
+    /// (in a [`ParamStore::frozen`] view: the existing parameter, detached).
     pub fn param(&self, name: &str, shape: impl Into<Shape>, init: Init) -> Result<Tensor> {
         let var = self.create(name, shape.into(), init, DType::F32, true)?;
+        if self.frozen {
+            return Ok(var.as_detached_tensor());
+        }
         Ok(var.as_tensor().clone())
     }
 

@@ -151,6 +151,76 @@ fn every_parameter_gets_a_gradient() {
     }
 }
 
+/// The frozen view of every family gives the model's eval outputs and the same input gradient
+/// (to float rounding: the backward sums in another order), no gradient for any weight, and
+/// follows later updates of the shared weights.
+#[test]
+fn frozen_view_computes_input_gradients_only() {
+    for (label, cfg) in live_configs() {
+        let model = Model::new(&cfg, &Device::Cpu, 3).unwrap();
+        let frozen = model.frozen().unwrap();
+        assert!(frozen.is_frozen() && !model.is_frozen(), "{label}");
+        let input_grad = |m: &Model| {
+            let x = Var::from_tensor(&images(&cfg, 2, 1)).unwrap();
+            let logits = m.forward(x.as_tensor(), &mut Ctx::eval()).unwrap();
+            let gy = Tensor::from_vec(vec![1f32, -2., 0.5, 3., -1., 0.25], (2, 3), &Device::Cpu);
+            let loss = (&logits * gy.unwrap()).unwrap().sum_all().unwrap();
+            let grads = loss.backward().unwrap();
+            let weight_grads = m
+                .params()
+                .trainable()
+                .iter()
+                .filter(|(_, v)| grads.get(v.as_tensor()).is_some())
+                .count();
+            (
+                logits,
+                grads.get(x.as_tensor()).unwrap().clone(),
+                weight_grads,
+            )
+        };
+        let (logits, gx, n) = input_grad(&model);
+        let (frozen_logits, frozen_gx, frozen_n) = input_grad(&frozen);
+        assert!(
+            n >= 10,
+            "{label}: the plain model gives {n} weight gradients"
+        );
+        assert_eq!(
+            frozen_n, 0,
+            "{label}: the frozen view computed weight gradients"
+        );
+        assert_eq!(
+            values(&logits),
+            values(&frozen_logits),
+            "{label}: outputs differ"
+        );
+        let scale = values(&gx.abs().unwrap()).into_iter().fold(0.0, f32::max);
+        assert!(scale > 0.0, "{label}: zero input gradient");
+        let diff = max_diff(&gx, &frozen_gx);
+        assert!(
+            diff <= 1e-5 * scale,
+            "{label}: input gradients differ by {diff}"
+        );
+        // An in-place update of the model's weights shows in the frozen view.
+        for (_, var) in model.params().trainable() {
+            var.set(&var.as_tensor().affine(0.5, 0.01).unwrap())
+                .unwrap();
+        }
+        let x = images(&cfg, 2, 1);
+        let after = model.forward(&x, &mut Ctx::eval()).unwrap();
+        assert_ne!(
+            values(&after),
+            values(&logits),
+            "{label}: the update changed nothing"
+        );
+        let frozen_after = frozen.forward(&x, &mut Ctx::eval()).unwrap();
+        assert_eq!(
+            values(&after),
+            values(&frozen_after),
+            "{label}: the view kept old weights"
+        );
+    }
+}
+
 /// With no dropout and no drop-path, a ViT gives bit-identical outputs in both modes; CNNs
 /// (BatchNorm) differ. Evaluation never touches the running statistics; training updates them.
 #[test]

@@ -600,3 +600,24 @@ fn qkv_attention_layouts_and_shapes() {
     assert!(qkv_attention(&randn(&mut rng, &[5, 12], 1.0), 2).is_err());
     assert!(qkv_attention(&randn(&mut rng, &[2, 5, 12], 1.0), 0).is_err());
 }
+
+/// Vendored candle patch (d): the backward computes no gradient for an operand that leads to no
+/// variable (a constant, a detached weight), and the tracked side's gradient is unchanged:
+/// `d/dx Σ (x·W)⊙(x/c) ` checked against its closed form.
+#[test]
+fn backward_skips_untracked_operands() {
+    let dev = Device::Cpu;
+    let x = Var::from_tensor(&Tensor::new(&[[1f32, 2.], [3., -1.]], &dev).unwrap()).unwrap();
+    let w = Tensor::new(&[[0.5f32, -1.], [2., 0.25]], &dev).unwrap();
+    let c = Tensor::new(&[[2f32, 4.], [-1., 0.5]], &dev).unwrap();
+    let xw = x.as_tensor().matmul(&w).unwrap();
+    let q = (x.as_tensor() / &c).unwrap();
+    let loss = (&xw * &q).unwrap().sum_all().unwrap();
+    let grads = loss.backward().unwrap();
+    for (name, t) in [("W", &w), ("c", &c)] {
+        assert!(grads.get(t).is_none(), "a gradient was computed for {name}");
+    }
+    // ∂/∂x_ij Σ_ab (xW)_ab x_ab / c_ab = (q Wᵀ)_ij + (xW)_ij / c_ij
+    let want = (q.matmul(&w.t().unwrap()).unwrap() + (&xw / &c).unwrap()).unwrap();
+    assert_same("d loss / dx", grads.get(x.as_tensor()).unwrap(), &want);
+}

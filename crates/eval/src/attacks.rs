@@ -11,14 +11,31 @@ use multimix_augment::targets::smooth_one_hot;
 use multimix_backbones::{Ctx, Model};
 use rand::Rng;
 
+/// `None` when `model` is already [`Model::frozen`], else its frozen view: the same outputs,
+/// but a backward computes `∇_x` only, not the weight gradients an attack throws away. Use as
+/// `let view = input_only(model)?; let model = view.as_ref().unwrap_or(model);`.
+pub(crate) fn input_only(model: &Model) -> candle_core::Result<Option<Model>> {
+    if model.is_frozen() {
+        return Ok(None);
+    }
+    model
+        .frozen()
+        .map(Some)
+        .map_err(|e| candle_core::Error::Msg(e.to_string()))
+}
+
 /// The gradient of the cross-entropy `H(y, f(x) / T)` (mean over the batch) with respect to the
-/// images `x`; `temperature` = 1 is the plain loss of the attacks, ODIN uses 1000.
+/// images `x`; `temperature` = 1 is the plain loss of the attacks, ODIN uses 1000. Runs on the
+/// model's frozen view, so no weight gradient is computed (pass a [`Model::frozen`] model to
+/// build the view once for many batches).
 pub fn input_gradient_at_temperature(
     model: &Model,
     images: &Tensor,
     labels: &[u32],
     temperature: f64,
 ) -> candle_core::Result<Tensor> {
+    let view = input_only(model)?;
+    let model = view.as_ref().unwrap_or(model);
     let x = Var::from_tensor(images)?;
     let logits = (model.forward(x.as_tensor(), &mut Ctx::eval())? / temperature)?;
     let targets = smooth_one_hot(labels, model.config().num_classes(), 0.0, images.device())

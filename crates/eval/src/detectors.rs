@@ -307,6 +307,9 @@ impl Mahalanobis {
         let mu = Tensor::from_vec(mu, (b, d), images.device())?;
         let precision: Vec<f32> = self.precision.iter().map(|&p| p as f32).collect();
         let precision = Tensor::from_vec(precision, (d, d), images.device())?;
+        // ∇_x only: the weights of the frozen view take no gradient.
+        let view = crate::attacks::input_only(model)?;
+        let model = view.as_ref().unwrap_or(model);
         let x = candle_core::Var::from_tensor(images)?;
         let mut ctx = Ctx::eval();
         let z = model

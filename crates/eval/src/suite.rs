@@ -2,7 +2,7 @@
 //! PGD over a list of ε, OOD detection with any of the [`Detector`]s, and the embedding
 //! geometry, gathered into a [`Report`].
 
-use crate::attacks::{fgsm, pgd, uniform_start, PgdConfig};
+use crate::attacks::{fgsm, input_only, pgd, uniform_start, PgdConfig};
 use crate::calibration::calibration_from_logits;
 use crate::detectors::{self, odin, Detector, Knn, Mahalanobis, OdinConfig, KNN_K};
 use crate::geometry::{alignment_uniformity, pca_2d};
@@ -258,7 +258,11 @@ pub fn fgsm_accuracy(
     batch_size: usize,
     device: &Device,
 ) -> Result<f64, EvalError> {
-    accuracy_under(model, ds, batch_size, device, |x, y| fgsm(model, x, y, eps))
+    let view = input_only(model)?;
+    let attacked = view.as_ref().unwrap_or(model);
+    accuracy_under(model, ds, batch_size, device, |x, y| {
+        fgsm(attacked, x, y, eps)
+    })
 }
 
 /// Top-1 accuracy under PGD (`cfg`) over `ds`, each batch's random start drawn from `rng`.
@@ -270,9 +274,11 @@ pub fn pgd_accuracy(
     device: &Device,
     rng: &mut ChaCha8Rng,
 ) -> Result<f64, EvalError> {
+    let view = input_only(model)?;
+    let attacked = view.as_ref().unwrap_or(model);
     accuracy_under(model, ds, batch_size, device, |x, y| {
         let start = uniform_start(x.dims(), cfg.eps, rng, device)?;
-        pgd(model, x, y, cfg, &start)
+        pgd(attacked, x, y, cfg, &start)
     })
 }
 
@@ -284,6 +290,8 @@ fn odin_scores(
     batch_size: usize,
     device: &Device,
 ) -> Result<Vec<f32>, EvalError> {
+    let view = input_only(model)?;
+    let model = view.as_ref().unwrap_or(model);
     let mut scores = Vec::with_capacity(ds.len());
     for batch in eval_batches(ds, batch_size) {
         scores.extend(odin(model, &batch_tensor(&batch, device)?, cfg)?);
@@ -300,6 +308,8 @@ fn mahalanobis_scores(
     batch_size: usize,
     device: &Device,
 ) -> Result<Vec<f32>, EvalError> {
+    let view = input_only(model)?;
+    let model = view.as_ref().unwrap_or(model);
     let mut scores = Vec::with_capacity(ds.len());
     for batch in eval_batches(ds, batch_size) {
         scores.extend(fitted.score_images(model, &batch_tensor(&batch, device)?, eps)?);

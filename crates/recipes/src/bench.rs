@@ -172,7 +172,8 @@ impl FgsmStep {
     pub fn new(architecture: &str, batch_size: usize, seed: u64, device: &Device) -> Result<Self> {
         let config = preset_config(architecture)?;
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
-        let model = Model::new(&config, device, rng.random())?;
+        // Frozen once, as the evaluation suite does: the attack's backward skips weight grads.
+        let model = Model::new(&config, device, rng.random())?.frozen()?;
         let batch = FixedBatch::new(&config, batch_size, &mut rng)?;
         Ok(Self {
             images: Tensor::from_vec(batch.images, batch.shape.to_vec(), device)?,

@@ -249,6 +249,7 @@ impl CustomOp3 for ChannelAffine {
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let (b, c, s) = channel_dims(x.shape())?;
         let name = self.name();
+        let scale_tracked = scale.track_op() || shift.track_op();
         let (dx, dscale, dshift) = with_f32(name, x, |x| {
             with_f32(name, grad_res, |dy| {
                 with_f32(name, scale, |scale| {
@@ -258,6 +259,10 @@ impl CustomOp3 for ChannelAffine {
                             *d = g * scale[ch];
                         }
                     });
+                    // A frozen model's detached scale and shift need no channel sums.
+                    if !scale_tracked {
+                        return Ok((dx, Vec::new(), Vec::new()));
+                    }
                     let sums: Vec<(f32, f32)> = (0..c)
                         .into_par_iter()
                         .map(|ch| {
@@ -280,6 +285,9 @@ impl CustomOp3 for ChannelAffine {
                 })
             })
         })?;
+        if !scale_tracked {
+            return Ok((Some(cpu_tensor(dx, x.shape())?), None, None));
+        }
         Ok((
             Some(cpu_tensor(dx, x.shape())?),
             Some(cpu_tensor(dscale, scale.shape())?),

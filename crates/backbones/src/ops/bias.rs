@@ -83,6 +83,10 @@ impl CustomOp2 for BiasAdd {
         _res: &Tensor,
         grad_res: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        // A detached bias (a frozen model) needs no column sums.
+        if !bias.track_op() {
+            return Ok((Some(grad_res.clone()), None));
+        }
         let (rows, d) = rows_and_len(grad_res.shape());
         let dbias = if rows > 0 {
             with_f32(self.name(), grad_res, |dy| Ok(column_sum(dy, rows, d)))?
