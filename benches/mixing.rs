@@ -94,6 +94,9 @@ fn dense_op(n: usize, r: usize, d: usize, c: usize, fused: bool, rng: &mut ChaCh
 }
 
 fn main() {
+    // The program's allocator and thread settings, so the step and the ops are timed as
+    // `multimix train` runs them.
+    multimix::runtime::configure();
     let quick = std::env::args().any(|a| a == "--quick");
     let reps = if quick { 3 } else { 7 };
     let mut rng = ChaCha8Rng::seed_from_u64(0);

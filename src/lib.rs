@@ -7,7 +7,8 @@
 //! - [`data`]: data sets and deterministic batch loading;
 //! - [`recipes`]: optimizers, schedules and the training loop;
 //! - [`eval`]: calibration, attacks, OOD detection and reports;
-//! - [`hub`]: the checkpoint format.
+//! - [`hub`]: the checkpoint format;
+//! - [`runtime`]: the program's process settings (allocator, candle threads).
 
 pub use multimix_augment as augment;
 pub use multimix_backbones as backbones;
@@ -19,3 +20,4 @@ pub use multimix_recipes as recipes;
 pub mod checkpoint;
 pub mod compare;
 pub mod evaluation;
+pub mod runtime;

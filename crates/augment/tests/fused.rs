@@ -301,17 +301,21 @@ fn gap_query_is_the_mean_over_positions() {
 /// different Λ for different seeds.
 #[test]
 fn dirichlet_rows_do_not_depend_on_the_thread_count() {
-    let draw = |threads: usize, seed: u64| {
-        rayon::ThreadPoolBuilder::new()
-            .num_threads(threads)
-            .build()
-            .unwrap()
-            .install(|| {
-                dirichlet_rows(333, 17, 6, 0.5, &mut ChaCha8Rng::seed_from_u64(seed)).unwrap()
-            })
-    };
-    let one = draw(1, 9);
-    assert_eq!(one, draw(3, 9));
-    assert_eq!(one, draw(8, 9));
-    assert_ne!(one, draw(1, 10));
+    // α = 0.5 takes the Gamma sampler, α = 1 the Exp(1) one.
+    for alpha in [0.5, 1.0] {
+        let draw = |threads: usize, seed: u64| {
+            rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .unwrap()
+                .install(|| {
+                    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+                    dirichlet_rows(333, 17, 6, alpha, &mut rng).unwrap()
+                })
+        };
+        let one = draw(1, 9);
+        assert_eq!(one, draw(3, 9), "α {alpha}");
+        assert_eq!(one, draw(8, 9), "α {alpha}");
+        assert_ne!(one, draw(1, 10), "α {alpha}");
+    }
 }

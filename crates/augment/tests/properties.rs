@@ -70,9 +70,11 @@ fn moments(rows: &[f32], b: usize, m: usize) -> (f64, f64) {
 fn dirichlet_rows_have_the_dirichlet_moments() {
     let mut rng = ChaCha8Rng::seed_from_u64(11);
     let n = 40_000;
-    // (b, m, α): whole batch, subsets, m = 2 (= Beta(α, α)), small and large α.
+    // (b, m, α): whole batch, subsets, m = 2 (= Beta(α, α)), small and large α; α = 1 (the
+    // Exp(1) sampler) with even and odd m, whole batch and subset.
     for (b, m, alpha) in [
         (8, 8, 1.0),
+        (7, 5, 1.0),
         (8, 3, 0.5),
         (16, 2, 2.0),
         (6, 6, 0.2),

@@ -9,6 +9,7 @@
 use super::cpu::{axpy, dot_shifted_f64, exp_nonpositive, exp_shifted, matmul, max_f32};
 use super::cpu::{storage_f32, sum_f64};
 use super::cpu::{with_f32, Mat, SpikedRows};
+use crate::math::ln_positive;
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, Device, Error, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 use std::sync::Mutex;
@@ -46,17 +47,34 @@ simd_kernel! {
     }
 }
 
-/// `Λ Y` `[n, c]` for spiked targets: `(Σ_i λ_ki off_i)·1 + Σ_i λ_ki spike_i e_{class_i}`.
+simd_kernel! {
+    /// Row `k` of `Λ Y` for spiked targets, `t = (Σ_i λ_ki off_i)·1 + Σ_i λ_ki spike_i e_{class_i}`;
+    /// the constant as eight partial sums (a single running sum is a chain of dependent adds).
+    fn spiked_row(lambda: &[f32], y: &SpikedRows, t: &mut [f32]) {
+        let mut partial = [0.0f32; BLOCK];
+        let (mut l, mut o) = (lambda.chunks_exact(BLOCK), y.off.chunks_exact(BLOCK));
+        for (l, o) in (&mut l).zip(&mut o) {
+            for q in 0..BLOCK {
+                partial[q] += l[q] * o[q];
+            }
+        }
+        let rest: f32 = l.remainder().iter().zip(o.remainder()).map(|(l, o)| l * o).sum();
+        t.fill(partial.iter().sum::<f32>() + rest);
+        for ((&l, &s), &k) in lambda.iter().zip(&y.spike).zip(&y.class) {
+            t[k] += l * s;
+        }
+    }
+}
+
+/// `Λ Y` `[n, c]` for spiked targets ([`spiked_row`] per tuple, tuples in parallel).
 fn mix_spiked_rows(lambda: &[f32], b: usize, y: &SpikedRows, c: usize) -> Vec<f32> {
     let n = lambda.len() / b;
     let mut out = vec![0.0f32; n * c];
-    out.par_chunks_mut(c)
-        .zip(lambda.par_chunks(b))
+    out.par_chunks_mut(TUPLES_PER_TASK * c)
+        .zip(lambda.par_chunks(TUPLES_PER_TASK * b))
         .for_each(|(t, l)| {
-            let base: f32 = l.iter().zip(&y.off).map(|(l, o)| l * o).sum();
-            t.fill(base);
-            for ((&l, &s), &k) in l.iter().zip(&y.spike).zip(&y.class) {
-                t[k] += l * s;
+            for (t, l) in t.chunks_exact_mut(c).zip(l.chunks_exact(b)) {
+                spiked_row(l, y, t);
             }
         });
     out
@@ -199,31 +217,6 @@ pub(super) struct DenseMultiMixCe {
     saved: Mutex<DenseSaved>,
 }
 
-/// `ln x` for finite `x ≥ 1` (Cephes `logf`: `x = 2^e·m`, `m ∈ [√½, √2)`, degree-8 polynomial;
-/// ≈1 ulp). Branch-free, so it vectorizes.
-#[inline(always)]
-pub(super) fn ln_at_least_one(x: f32) -> f32 {
-    let bits = x.to_bits();
-    // x = 2^e · m with m ∈ [0.5, 1).
-    let e = ((bits >> 23) as i32 - 126) as f32;
-    let m = f32::from_bits((bits & 0x007f_ffff) | 0x3f00_0000);
-    let small = m < std::f32::consts::FRAC_1_SQRT_2;
-    let e = if small { e - 1.0 } else { e };
-    let m = if small { m + m - 1.0 } else { m - 1.0 };
-    let z = m * m;
-    let p = 7.037_683_6e-2;
-    let p = p * m - 1.151_461e-1;
-    let p = p * m + 1.167_699_9e-1;
-    let p = p * m - 1.242_014_1e-1;
-    let p = p * m + 1.424_932_3e-1;
-    let p = p * m - 1.666_805_8e-1;
-    let p = p * m + 2.000_071_4e-1;
-    let p = p * m - 2.499_999_4e-1;
-    let p = p * m + 3.333_333e-1;
-    let y = p * m * z - 2.121_944_4e-4 * e - 0.5 * z;
-    m + y + 0.693_359_4 * e
-}
-
 /// Positions per SIMD block of the dense kernels (one AVX2 register of f32).
 const BLOCK: usize = 8;
 
@@ -299,7 +292,7 @@ fn tuple_block<const W: usize>(
     let mut total = 0.0f64;
     let mut ratio = [0.0f32; W];
     for q in 0..W {
-        total += f64::from(ln_at_least_one(se[q]) * sy[q] - dot[q]);
+        total += f64::from(ln_positive(se[q]) * sy[q] - dot[q]);
         ratio[q] = sy[q] / se[q];
     }
     let mut acc = [0.0f32; W];
@@ -636,24 +629,5 @@ impl CustomOp2 for DenseMultiMixCe {
             .map(|da| Tensor::from_vec(da, (b, r), &Device::Cpu))
             .transpose()?;
         Ok((Some(dz), da))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::ln_at_least_one;
-
-    /// Relative error of `ln_at_least_one` against std's `f64::ln` over [1, 10⁴].
-    #[test]
-    fn ln_matches_std() {
-        let mut worst = 0.0f64;
-        for i in 0..=1_000_000 {
-            let x = 1.0 + i as f32 * 1e-2;
-            let want = f64::from(x).ln();
-            let got = f64::from(ln_at_least_one(x));
-            worst = worst.max((got - want).abs() / want.max(1e-30));
-        }
-        assert!(worst < 3e-7, "worst relative error {worst}");
-        assert_eq!(ln_at_least_one(1.0), 0.0);
     }
 }
