@@ -108,15 +108,26 @@ fn flat_dirichlet_row(row: &mut [f32], draws: &mut [f32], rng: &mut Pcg64Mcg) {
             break s;
         }
     };
+    place_normalized(row, draws, sum, rng);
+}
+
+/// `row[i] = draw / sum` for the `m = draws.len()` draws: at every position when `m` is the row's
+/// length, else at a random subset of `m` positions (the rest stay 0).
+fn place_normalized<T: Copy + Into<f64>>(
+    row: &mut [f32],
+    draws: &[T],
+    sum: f64,
+    rng: &mut Pcg64Mcg,
+) {
     let inv = 1.0 / sum;
     let (b, m) = (row.len(), draws.len());
     if m == b {
         row.iter_mut()
-            .zip(draws.iter())
-            .for_each(|(r, &g)| *r = (f64::from(g) * inv) as f32);
+            .zip(draws)
+            .for_each(|(r, &g)| *r = (g.into() * inv) as f32);
     } else {
-        for (i, &g) in index::sample(rng, b, m).into_iter().zip(draws.iter()) {
-            row[i] = (f64::from(g) * inv) as f32;
+        for (i, &g) in index::sample(rng, b, m).into_iter().zip(draws) {
+            row[i] = (g.into() * inv) as f32;
         }
     }
 }
@@ -136,16 +147,7 @@ fn dirichlet_row(row: &mut [f32], draws: &mut [f64], gamma: &Gamma<f64>, rng: &m
             break s;
         }
     };
-    let (b, m) = (row.len(), draws.len());
-    if m == b {
-        row.iter_mut()
-            .zip(draws.iter())
-            .for_each(|(r, g)| *r = (g / sum) as f32);
-    } else {
-        for (i, g) in index::sample(rng, b, m).into_iter().zip(draws.iter()) {
-            row[i] = (g / sum) as f32;
-        }
-    }
+    place_normalized(row, draws, sum, rng);
 }
 
 /// Each example's partner `π(i)`: timm's flip (`b - 1 - i`) or a random permutation; with

@@ -517,9 +517,6 @@ impl Model {
     /// the gradient with respect to the input only, skipping every weight gradient. For
     /// attacks and input pre-processing, which need `∇_x` alone.
     pub fn frozen(&self) -> Result<Self> {
-        if self.is_frozen() {
-            return Self::build(&self.config, self.params.clone());
-        }
         Self::build(&self.config, self.params.frozen())
     }
 
@@ -530,8 +527,7 @@ impl Model {
 
     /// The backbone of `config` over `params` (created there, or looked up in a frozen view).
     fn build(config: &ModelConfig, params: ParamStore) -> Result<Self> {
-        let device = params.device().clone();
-        let device = &device;
+        let device = &params.device().clone();
         let backbone: Box<dyn Backbone> = match &config.arch {
             ArchConfig::Vit(c) => Box::new(VisionTransformer::new(&params, c)?),
             ArchConfig::ResNet(c) => Box::new(ResNet::new(&params, c)?),

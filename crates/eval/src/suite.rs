@@ -229,18 +229,21 @@ fn argmax(row: &[f32]) -> usize {
     best
 }
 
-/// Top-1 accuracy on the images of `ds` transformed batch by batch by `attack`.
+/// Top-1 accuracy on the images of `ds` transformed batch by batch by `attack`, which gets the
+/// model's frozen view (input gradients only).
 fn accuracy_under(
     model: &Model,
     ds: &Arc<Dataset>,
     batch_size: usize,
     device: &Device,
-    mut attack: impl FnMut(&Tensor, &[u32]) -> candle_core::Result<Tensor>,
+    mut attack: impl FnMut(&Model, &Tensor, &[u32]) -> candle_core::Result<Tensor>,
 ) -> Result<f64, EvalError> {
+    let view = input_only(model)?;
+    let attacked = view.as_ref().unwrap_or(model);
     let c = model.config().num_classes();
     let mut correct = 0usize;
     for batch in eval_batches(ds, batch_size) {
-        let adv = attack(&batch_tensor(&batch, device)?, &batch.labels)?;
+        let adv = attack(attacked, &batch_tensor(&batch, device)?, &batch.labels)?;
         let l = model
             .forward(&adv, &mut Ctx::eval())?
             .flatten_all()?
@@ -258,11 +261,7 @@ pub fn fgsm_accuracy(
     batch_size: usize,
     device: &Device,
 ) -> Result<f64, EvalError> {
-    let view = input_only(model)?;
-    let attacked = view.as_ref().unwrap_or(model);
-    accuracy_under(model, ds, batch_size, device, |x, y| {
-        fgsm(attacked, x, y, eps)
-    })
+    accuracy_under(model, ds, batch_size, device, |m, x, y| fgsm(m, x, y, eps))
 }
 
 /// Top-1 accuracy under PGD (`cfg`) over `ds`, each batch's random start drawn from `rng`.
@@ -274,11 +273,9 @@ pub fn pgd_accuracy(
     device: &Device,
     rng: &mut ChaCha8Rng,
 ) -> Result<f64, EvalError> {
-    let view = input_only(model)?;
-    let attacked = view.as_ref().unwrap_or(model);
-    accuracy_under(model, ds, batch_size, device, |x, y| {
+    accuracy_under(model, ds, batch_size, device, |m, x, y| {
         let start = uniform_start(x.dims(), cfg.eps, rng, device)?;
-        pgd(attacked, x, y, cfg, &start)
+        pgd(m, x, y, cfg, &start)
     })
 }
 
