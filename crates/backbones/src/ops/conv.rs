@@ -12,8 +12,15 @@
 //!   (`W'[c, o, ky, kx] = W[o, c, k−1−ky, k−1−kx]`, padding `k−1−p`), which needs no fold and no
 //!   `[C·k², n]` buffer.
 //!
-//! The GEMMs are candle's CPU matmul (the `gemm` crate, parallel over both cores); unfolding,
-//! folding and the NCHW gathers are rayon-parallel over rows or planes.
+//! A stride-1 convolution with output planes of at least 16×16 (a CIFAR ResNet's first two
+//! stages, and the input gradient of each of their convolutions) unfolds nothing: per sample,
+//! `kh·kw` GEMMs of the kernel slice `W[:, :, ky, kx]` with the zero-padded input shifted by
+//! `(ky, kx)` accumulate into the output ([`conv_shifted`]). The unfolded matrix is `kh·kw`
+//! times the input and does not stay in cache at these sizes; the shifted operands do.
+//!
+//! The GEMMs are candle's CPU matmul or the `gemm` crate directly (parallel over both cores, or
+//! one thread per sample for the shifted form); unfolding, folding and the NCHW gathers are
+//! rayon-parallel over rows or planes.
 
 use super::cpu::cpu_tensor;
 use candle_core::backend::BackendStorage;
@@ -317,15 +324,83 @@ fn flip_transpose(w: &[f32], g: &Geometry) -> Vec<f32> {
     out
 }
 
-/// `y = conv(x, W)` for the whole batch, chunk by chunk: unfold, one GEMM with the kernel (the
-/// row-major `[O, C·kh·kw]` matrix at `w_offset` of `ws`), scatter to NCHW.
+/// Output pixels per plane from which a stride-1 convolution skips the unfold
+/// ([`conv_shifted`]); smaller planes make its per-sample GEMMs too narrow (measured on a CIFAR
+/// ResNet-18: faster at 32×32 and 16×16, slower at 8×8 and 4×4).
+const MIN_SHIFTED_PLANE: usize = 256;
+
+/// `y = conv(x, W)` of a stride-1 convolution without unfolding the patches, sample by sample
+/// (in parallel, one GEMM thread each): the sample zero-padded to `x_pad` `[C, Hp·Wp]`, then
+/// `y_pad[o, q] = Σ_{ky,kx} W[o, :, ky, kx] · x_pad[:, q + ky·Wp + kx]`, `kh·kw` GEMMs with
+/// `K = C` accumulated on `OH` output rows of width `Wp`, whose last `Wp − OW` columns are
+/// discarded. Reads `C·Hp·Wp` padded values per sample where im2col writes `C·kh·kw·OH·OW`.
+fn conv_shifted(x: &[f32], w: &[f32], g: &Geometry) -> Vec<f32> {
+    let (hp, wp) = (g.h + 2 * g.padding, g.w + 2 * g.padding);
+    let (pp, k2) = (hp * wp, g.kh * g.kw);
+    let n = g.oh * wp;
+    let mut y = vec![0.0f32; g.b * g.o * g.plane()];
+    let buffers = || (vec![0.0f32; g.c * pp + g.kw], vec![0.0f32; g.o * n]);
+    y.par_chunks_mut(g.o * g.plane())
+        .zip(x.par_chunks(g.c * g.h * g.w))
+        .for_each_init(buffers, |(xp, yp), (y, x)| {
+            for (xp, x) in xp.chunks_exact_mut(pp).zip(x.chunks_exact(g.h * g.w)) {
+                for (row, src) in xp[g.padding * wp..]
+                    .chunks_exact_mut(wp)
+                    .zip(x.chunks_exact(g.w))
+                {
+                    row[g.padding..g.padding + g.w].copy_from_slice(src);
+                }
+            }
+            for t in 0..k2 {
+                let (ky, kx) = (t / g.kw, t % g.kw);
+                // SAFETY: dst `[O, n]` is `yp` (row stride n). lhs element (o, c) is
+                // w[o·C·k² + c·k² + t] < O·C·k² = w.len(). rhs element (c, q) is
+                // xp[c·pp + ky·wp + kx + q] ≤ (C−1)·pp + (kh−1)·wp + kw−1 + OH·wp − 1
+                // = C·pp + kw − 2 (as OH = hp − kh + 1) < xp.len(). read_dst only after t = 0.
+                unsafe {
+                    gemm::gemm(
+                        g.o,
+                        n,
+                        g.c,
+                        yp.as_mut_ptr(),
+                        1,
+                        n as isize,
+                        t > 0,
+                        w.as_ptr().add(t),
+                        k2 as isize,
+                        (k2 * g.c) as isize,
+                        xp.as_ptr().add(ky * wp + kx),
+                        1,
+                        pp as isize,
+                        1.0,
+                        1.0,
+                        false,
+                        false,
+                        false,
+                        gemm::Parallelism::None,
+                    );
+                }
+            }
+            for (out, src) in y.chunks_exact_mut(g.ow).zip(yp.chunks_exact(wp)) {
+                out.copy_from_slice(&src[..g.ow]);
+            }
+        });
+    y
+}
+
+/// `y = conv(x, W)` for the whole batch: [`conv_shifted`] for a stride-1 convolution with large
+/// planes, else chunk by chunk: unfold, one GEMM with the kernel (the row-major
+/// `[O, C·kh·kw]` matrix at `w_offset` of `ws`), scatter to NCHW.
 fn conv_forward(x: &[f32], ws: &CpuStorage, w_offset: usize, g: &Geometry) -> Result<Vec<f32>> {
     let (rows, l) = (g.rows(), g.plane());
+    let w_l = Layout::contiguous_with_offset((g.o, rows), w_offset);
+    if g.stride == 1 && l >= MIN_SHIFTED_PLANE && g.b * g.o * l > 0 {
+        return Ok(conv_shifted(x, f32_slice(ws, &w_l)?, g));
+    }
     let mut y = vec![0.0f32; g.b * g.o * l];
     if y.is_empty() {
         return Ok(y);
     }
-    let w_l = Layout::contiguous_with_offset((g.o, rows), w_offset);
     let bc = g.chunk();
     let mut cols = storage(vec![0.0f32; rows * bc * l]);
     let sample = g.c * g.h * g.w;
