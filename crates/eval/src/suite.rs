@@ -279,37 +279,20 @@ pub fn pgd_accuracy(
     })
 }
 
-/// ODIN scores of every image of `ds`.
-fn odin_scores(
+/// Scores of every image of `ds`, batch by batch, from a detector that perturbs its input
+/// (ODIN, Mahalanobis with pre-processing) and so gets the model's frozen view.
+fn input_gradient_scores(
     model: &Model,
     ds: &Arc<Dataset>,
-    cfg: &OdinConfig,
     batch_size: usize,
     device: &Device,
+    mut score: impl FnMut(&Model, &Tensor) -> candle_core::Result<Vec<f32>>,
 ) -> Result<Vec<f32>, EvalError> {
     let view = input_only(model)?;
     let model = view.as_ref().unwrap_or(model);
     let mut scores = Vec::with_capacity(ds.len());
     for batch in eval_batches(ds, batch_size) {
-        scores.extend(odin(model, &batch_tensor(&batch, device)?, cfg)?);
-    }
-    Ok(scores)
-}
-
-/// Mahalanobis scores of every image of `ds` after the input pre-processing with `eps`.
-fn mahalanobis_scores(
-    model: &Model,
-    ds: &Arc<Dataset>,
-    fitted: &Mahalanobis,
-    eps: f64,
-    batch_size: usize,
-    device: &Device,
-) -> Result<Vec<f32>, EvalError> {
-    let view = input_only(model)?;
-    let model = view.as_ref().unwrap_or(model);
-    let mut scores = Vec::with_capacity(ds.len());
-    for batch in eval_batches(ds, batch_size) {
-        scores.extend(fitted.score_images(model, &batch_tensor(&batch, device)?, eps)?);
+        scores.extend(score(model, &batch_tensor(&batch, device)?)?);
     }
     Ok(scores)
 }
@@ -337,10 +320,14 @@ fn detector_scores(
             Detector::Msp => detectors::msp(&out.logits, c),
             Detector::MaxLogit => detectors::max_logit(&out.logits, c),
             Detector::Energy => detectors::energy(&out.logits, c, 1.0),
-            Detector::Odin => odin_scores(model, ds, &opts.odin, opts.batch_size, device)?,
+            Detector::Odin => input_gradient_scores(model, ds, opts.batch_size, device, |m, x| {
+                odin(m, x, &opts.odin)
+            })?,
             Detector::Mahalanobis => match &fitted.mahalanobis {
-                Some(m) if opts.mahalanobis_eps > 0.0 => {
-                    mahalanobis_scores(model, ds, m, opts.mahalanobis_eps, opts.batch_size, device)?
+                Some(fit) if opts.mahalanobis_eps > 0.0 => {
+                    input_gradient_scores(model, ds, opts.batch_size, device, |m, x| {
+                        fit.score_images(m, x, opts.mahalanobis_eps)
+                    })?
                 }
                 Some(m) => m.score(&out.features)?,
                 None => continue,
