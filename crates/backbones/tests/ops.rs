@@ -379,11 +379,34 @@ fn conv_with_grads(
     (y, dx, dw)
 }
 
-/// The im2col + GEMM conv2d (f32) equals candle's `conv2d` and its backward (computed in f64)
+/// Sizes of one conv2d case: batch, channels, height, width, outputs, kernel, stride, padding.
+type ConvCase = (usize, usize, usize, usize, usize, usize, usize, usize);
+
+/// A random case: its label, `x`, the kernel, an output gradient `gy`, and the project's
+/// conv2d `(y, dx, dw)` of `Σ conv(x, w) · gy`.
+fn conv_case(rng: &mut StdRng, case: ConvCase) -> (String, [Tensor; 3], (Tensor, Tensor, Tensor)) {
+    let (b, c, h, w, o, k, s, p) = case;
+    let x = randn(rng, &[b, c, h, w], 1.0);
+    let wt = randn(rng, &[o, c, k, k], 0.5);
+    let (oh, ow) = ((h + 2 * p - k) / s + 1, (w + 2 * p - k) / s + 1);
+    let gy = randn(rng, &[b, o, oh, ow], 1.0);
+    let got = conv_with_grads(
+        |x, w| multimix_backbones::ops::conv2d(x, w, s, p),
+        &x,
+        &wt,
+        &gy,
+    );
+    let what = format!("b{b} c{c} {h}×{w} o{o} k{k} s{s} p{p}");
+    (what, [x, wt, gy], got)
+}
+
+/// The project's conv2d (f32: im2col + GEMM, or shifted GEMMs for stride 1 on planes ≥ 16×16)
+/// equals candle's `conv2d` and its backward (computed in f64)
 /// in output, input gradient and weight gradient, for every kernel/stride/padding a ResNet uses
 /// (3×3/1, 3×3/2, 1×1/1, 1×1/2, 7×7/2 pad 3), with few and with ≥ 16 input channels (the
 /// input gradient is a fold, or for stride 1 the adjoint convolution), odd and non-square sizes,
-/// and inputs split over several batch chunks (48×48 and 64×64 planes). candle's backward takes the transposed conv's
+/// the shifted form with and without the adjoint input gradient (48×48 and 64×64 planes), and
+/// im2col over several batch chunks. candle's backward takes the transposed conv's
 /// output padding from the height for both dims, so its input gradient has the wrong shape when
 /// `(h + 2p − k) mod s ≠ (w + 2p − k) mod s`; such shapes are checked in
 /// `conv2d_backward_is_the_adjoint_of_the_forward`.
@@ -406,19 +429,13 @@ fn conv2d_matches_candle_conv2d_and_its_backward() {
         (2, 16, 8, 8, 4, 3, 1, 0),
         (2, 17, 6, 6, 4, 1, 1, 0),
         (2, 16, 48, 48, 4, 3, 1, 1),
+        // im2col over several batch chunks: many small planes, and stride 2 on a large one.
+        (40, 3, 8, 8, 4, 3, 1, 1),
+        (3, 4, 96, 96, 4, 3, 2, 1),
     ];
-    for (b, c, h, w, o, k, s, p) in cases {
-        let what = format!("b{b} c{c} {h}×{w} o{o} k{k} s{s} p{p}");
-        let x = randn(&mut rng, &[b, c, h, w], 1.0);
-        let wt = randn(&mut rng, &[o, c, k, k], 0.5);
-        let (oh, ow) = ((h + 2 * p - k) / s + 1, (w + 2 * p - k) / s + 1);
-        let gy = randn(&mut rng, &[b, o, oh, ow], 1.0);
-        let (y, dx, dw) = conv_with_grads(
-            |x, w| multimix_backbones::ops::conv2d(x, w, s, p),
-            &x,
-            &wt,
-            &gy,
-        );
+    for case in cases {
+        let (_, _, _, _, _, _, s, p) = case;
+        let (what, [x, wt, gy], (y, dx, dw)) = conv_case(&mut rng, case);
         assert_eq!(y.dtype(), DType::F32);
         let f64s = |t: &Tensor| t.to_dtype(DType::F64).unwrap();
         let (y_ref, dx_ref, dw_ref) =
@@ -474,19 +491,10 @@ fn conv2d_handles_views_and_rejects_bad_shapes() {
 fn conv2d_backward_is_the_adjoint_of_the_forward() {
     let mut rng = StdRng::seed_from_u64(31);
     // (b, c, h, w, o, k, stride, padding)
-    for (b, c, h, w, o, k, s, p) in [(2, 3, 7, 8, 4, 3, 2, 1), (2, 6, 8, 7, 5, 1, 2, 0)] {
-        let what = format!("b{b} c{c} {h}×{w} o{o} k{k} s{s} p{p}");
+    for case in [(2, 3, 7, 8, 4, 3, 2, 1), (2, 6, 8, 7, 5, 1, 2, 0)] {
+        let (_, _, _, _, _, _, s, p) = case;
+        let (what, [x, wt, gy], (y, dx, dw)) = conv_case(&mut rng, case);
         let f64s = |t: &Tensor| t.to_dtype(DType::F64).unwrap();
-        let x = randn(&mut rng, &[b, c, h, w], 1.0);
-        let wt = randn(&mut rng, &[o, c, k, k], 0.5);
-        let (oh, ow) = ((h + 2 * p - k) / s + 1, (w + 2 * p - k) / s + 1);
-        let gy = randn(&mut rng, &[b, o, oh, ow], 1.0);
-        let (y, dx, dw) = conv_with_grads(
-            |x, w| multimix_backbones::ops::conv2d(x, w, s, p),
-            &x,
-            &wt,
-            &gy,
-        );
         let y_ref = f64s(&x).conv2d(&f64s(&wt), p, s, 1, 1).unwrap();
         assert_rel(&format!("{what}: y"), &y, &y_ref, 1e-5);
         let dot = |a: &Tensor, b: &Tensor| -> f64 {

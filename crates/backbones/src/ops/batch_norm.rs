@@ -249,8 +249,9 @@ impl CustomOp3 for ChannelAffine {
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let (b, c, s) = channel_dims(x.shape())?;
         let name = self.name();
+        // A frozen model's detached scale and shift need no channel sums.
         let scale_tracked = scale.track_op() || shift.track_op();
-        let (dx, dscale, dshift) = with_f32(name, x, |x| {
+        let (dx, sums) = with_f32(name, x, |x| {
             with_f32(name, grad_res, |dy| {
                 with_f32(name, scale, |scale| {
                     let mut dx = vec![0.0f32; x.len()];
@@ -259,39 +260,37 @@ impl CustomOp3 for ChannelAffine {
                             *d = g * scale[ch];
                         }
                     });
-                    // A frozen model's detached scale and shift need no channel sums.
-                    if !scale_tracked {
-                        return Ok((dx, Vec::new(), Vec::new()));
-                    }
-                    let sums: Vec<(f32, f32)> = (0..c)
-                        .into_par_iter()
-                        .map(|ch| {
-                            let (mut sx, mut sd) = (0.0f64, 0.0f64);
-                            for i in 0..b {
-                                let off = (i * c + ch) * s;
-                                let (plane_dy, plane_dy_x) =
-                                    plane_dy_sums(&dy[off..][..s], &x[off..][..s]);
-                                sx += plane_dy_x;
-                                sd += plane_dy;
-                            }
-                            (sx as f32, sd as f32)
-                        })
-                        .collect();
-                    Ok((
-                        dx,
-                        sums.iter().map(|p| p.0).collect::<Vec<_>>(),
-                        sums.iter().map(|p| p.1).collect::<Vec<_>>(),
-                    ))
+                    let sums = scale_tracked.then(|| {
+                        (0..c)
+                            .into_par_iter()
+                            .map(|ch| {
+                                let (mut sx, mut sd) = (0.0f64, 0.0f64);
+                                for i in 0..b {
+                                    let off = (i * c + ch) * s;
+                                    let (plane_dy, plane_dy_x) =
+                                        plane_dy_sums(&dy[off..][..s], &x[off..][..s]);
+                                    sx += plane_dy_x;
+                                    sd += plane_dy;
+                                }
+                                (sx as f32, sd as f32)
+                            })
+                            .collect::<Vec<(f32, f32)>>()
+                    });
+                    Ok((dx, sums))
                 })
             })
         })?;
-        if !scale_tracked {
-            return Ok((Some(cpu_tensor(dx, x.shape())?), None, None));
-        }
-        Ok((
-            Some(cpu_tensor(dx, x.shape())?),
-            Some(cpu_tensor(dscale, scale.shape())?),
-            Some(cpu_tensor(dshift, shift.shape())?),
-        ))
+        let (dscale, dshift) = match sums {
+            Some(sums) => {
+                let dscale: Vec<f32> = sums.iter().map(|p| p.0).collect();
+                let dshift: Vec<f32> = sums.iter().map(|p| p.1).collect();
+                (
+                    Some(cpu_tensor(dscale, scale.shape())?),
+                    Some(cpu_tensor(dshift, shift.shape())?),
+                )
+            }
+            None => (None, None),
+        };
+        Ok((Some(cpu_tensor(dx, x.shape())?), dscale, dshift))
     }
 }
