@@ -9,6 +9,7 @@
 use crate::error::Result;
 use crate::layers::{drop_path, BatchNorm2d, Conv2d, Ctx, Linear};
 use crate::model::Backbone;
+use crate::ops;
 use crate::params::{Init, ParamStore};
 use crate::resnet::{
     avg_pool_head, check_point, flatten_positions, linear_drop_path, validate_cnn, Stem,
@@ -134,13 +135,15 @@ impl Block {
     }
 
     fn forward(&self, x: &Tensor, ctx: &mut Ctx) -> candle_core::Result<Tensor> {
-        let pre = self.norm1.forward(x, ctx)?.relu()?;
+        let pre = ops::relu(&self.norm1.forward(x, ctx)?)?;
         let shortcut = match &self.downsample {
             Some(conv) => conv.forward(&pre)?,
             None => x.clone(),
         };
         let h = self.conv1.forward(&pre)?;
-        let h = self.conv2.forward(&self.norm2.forward(&h, ctx)?.relu()?)?;
+        let h = self
+            .conv2
+            .forward(&ops::relu(&self.norm2.forward(&h, ctx)?)?)?;
         drop_path(&h, self.drop_path, ctx)? + shortcut
     }
 }
@@ -275,7 +278,7 @@ impl Backbone for PreActResNet {
             h.clone()
         };
         let h = self.run_stages(h, point..self.stages.len(), ctx)?;
-        self.norm.forward(&h, ctx)?.relu()
+        ops::relu(&self.norm.forward(&h, ctx)?)
     }
 
     fn no_weight_decay(&self) -> Vec<String> {

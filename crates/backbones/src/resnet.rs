@@ -284,7 +284,7 @@ impl Block {
         for (i, (conv, bn)) in self.convs.iter().zip(&self.bns).enumerate() {
             h = bn.forward(&conv.forward(&h)?, ctx)?;
             if i < last {
-                h = h.relu()?;
+                h = ops::relu(&h)?;
             }
         }
         let h = drop_path(&h, self.drop_path, ctx)?;
@@ -292,7 +292,7 @@ impl Block {
             Some(d) => d.forward(x, ctx)?,
             None => x.clone(),
         };
-        (h + shortcut)?.relu()
+        ops::add_relu(&h, &shortcut)
     }
 }
 
@@ -353,7 +353,7 @@ impl ResNet {
     }
 
     fn stem(&self, x: &Tensor, ctx: &Ctx) -> candle_core::Result<Tensor> {
-        let h = self.bn1.forward(&self.conv1.forward(x)?, ctx)?.relu()?;
+        let h = ops::relu(&self.bn1.forward(&self.conv1.forward(x)?, ctx)?)?;
         self.cfg.stem.pool(&h)
     }
 

@@ -58,6 +58,7 @@ mod gelu;
 mod layer_norm;
 mod math;
 mod pool;
+mod relu;
 mod softmax;
 
 pub use conv::conv2d;
@@ -103,6 +104,34 @@ pub fn gelu_erf(x: &Tensor) -> Result<Tensor> {
         x.contiguous()?.apply_op1(gelu::GeluErf)
     } else {
         x.gelu_erf()
+    }
+}
+
+/// `max(x, 0)` (torch `relu`, NaN kept); the backward is one pass, `dy·[y > 0]`. Gradient reaches
+/// `x`.
+pub fn relu(x: &Tensor) -> Result<Tensor> {
+    if fused(&[x]) {
+        x.contiguous()?.apply_op1(relu::Relu)
+    } else {
+        x.relu()
+    }
+}
+
+/// `max(a + b, 0)` of two tensors of one shape: a residual block's output (torch
+/// `relu(a + b)`), one node whose backward gives both `dy·[y > 0]`.
+pub fn add_relu(a: &Tensor, b: &Tensor) -> Result<Tensor> {
+    if a.shape() != b.shape() {
+        return Err(Error::ShapeMismatchBinaryOp {
+            lhs: a.shape().clone(),
+            rhs: b.shape().clone(),
+            op: "add_relu",
+        }
+        .bt());
+    }
+    if fused(&[a, b]) {
+        a.contiguous()?.apply_op2(&b.contiguous()?, relu::AddRelu)
+    } else {
+        (a + b)?.relu()
     }
 }
 
@@ -343,6 +372,25 @@ mod tests {
             .unwrap()
     }
 
+    /// ReLU keeps NaN and, as PyTorch's `threshold_backward`, passes no gradient where the output
+    /// is 0 (x = 0 included) and the whole gradient where it is NaN.
+    #[test]
+    fn relu_matches_torch_at_zero_and_nan() {
+        let x = candle_core::Var::new(&[-1.0f32, 0.0, 2.0, f32::NAN], &Device::Cpu).unwrap();
+        let y = relu(&x).unwrap();
+        let v = y.to_vec1::<f32>().unwrap();
+        assert_eq!(&v[..3], &[0.0, 0.0, 2.0]);
+        assert!(v[3].is_nan());
+        let g = (&y * Tensor::new(&[3.0f32, 5.0, 7.0, 11.0], &Device::Cpu).unwrap())
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
+        let dx = g.get(x.as_tensor()).unwrap().to_vec1::<f32>().unwrap();
+        assert_eq!(dx, vec![0.0, 0.0, 7.0, 11.0]);
+    }
+
     /// The custom ops and their f32 composite fallbacks agree, outputs and input gradients.
     #[test]
     fn custom_ops_equal_composite_fallbacks() {
@@ -351,7 +399,7 @@ mod tests {
         let b = candle_core::Var::from_tensor(&(values(&[37]) * 0.5).unwrap()).unwrap();
         let gy = values(&[4, 9, 37]).flip(&[0]).unwrap();
         type Pair = (Tensor, Tensor);
-        let pairs: [(&str, Pair); 4] = [
+        let pairs: [(&str, Pair); 6] = [
             (
                 "layer_norm",
                 (
@@ -367,6 +415,17 @@ mod tests {
                 ),
             ),
             ("gelu", (gelu_erf(&x).unwrap(), x.gelu_erf().unwrap())),
+            ("relu", (relu(&x).unwrap(), x.relu().unwrap())),
+            (
+                "add_relu",
+                (
+                    add_relu(&x, &x.broadcast_mul(&w).unwrap()).unwrap(),
+                    (x.as_tensor() + x.broadcast_mul(&w).unwrap())
+                        .unwrap()
+                        .relu()
+                        .unwrap(),
+                ),
+            ),
             (
                 "bias_add",
                 (bias_add(&x, &b).unwrap(), x.broadcast_add(&b).unwrap()),

@@ -1,0 +1,118 @@
+//! ReLU and the residual `relu(a + b)` as one elementwise custom op each.
+//!
+//! candle's `relu` backward builds `zeros_like`, a `ge` mask, its f32 cast and a product: four
+//! passes over the activation and three temporaries. Here the backward is one pass over the
+//! output and its gradient, `dx = dy` where `y > 0` (PyTorch's `threshold_backward` on the
+//! result), and the residual sum is not stored apart from its rectified output.
+
+use super::cpu::{cpu_tensor, storage_f32, task_rows, with_f32};
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor};
+use rayon::prelude::*;
+
+simd_kernel! {
+    /// `y = max(x, 0)`, NaN kept (as `torch.relu`).
+    fn rectify(x: &[f32], y: &mut [f32]) {
+        for (y, &x) in y.iter_mut().zip(x) {
+            *y = if x < 0.0 { 0.0 } else { x };
+        }
+    }
+}
+
+simd_kernel! {
+    /// `y = max(a + b, 0)`, NaN kept.
+    fn add_rectify(a: &[f32], b: &[f32], y: &mut [f32]) {
+        for ((y, &a), &b) in y.iter_mut().zip(a).zip(b) {
+            let s = a + b;
+            *y = if s < 0.0 { 0.0 } else { s };
+        }
+    }
+}
+
+simd_kernel! {
+    /// `dx = dy` where `y > 0`, else 0 (the gradient of either ReLU given its output `y`).
+    fn mask(y: &[f32], dy: &[f32], dx: &mut [f32]) {
+        for ((dx, &y), &g) in dx.iter_mut().zip(y).zip(dy) {
+            *dx = if y <= 0.0 { 0.0 } else { g };
+        }
+    }
+}
+
+/// Elements per parallel task for a flat elementwise pass over `n` values.
+fn step(n: usize) -> usize {
+    task_rows(n, 1)
+}
+
+/// The input gradient `dy·[y > 0]` from the op's output `res` and its gradient.
+fn masked_grad(op: &'static str, res: &Tensor, grad_res: &Tensor) -> Result<Tensor> {
+    let dx = with_f32(op, res, |y| {
+        with_f32(op, grad_res, |dy| {
+            let mut dx = vec![0.0f32; y.len()];
+            let s = step(y.len());
+            dx.par_chunks_mut(s)
+                .zip(y.par_chunks(s).zip(dy.par_chunks(s)))
+                .for_each(|(dx, (y, dy))| mask(y, dy, dx));
+            Ok(dx)
+        })
+    })?;
+    cpu_tensor(dx, res.shape())
+}
+
+/// `max(x, 0)`; backward `dy·[y > 0]`.
+pub(super) struct Relu;
+
+impl CustomOp1 for Relu {
+    fn name(&self) -> &'static str {
+        "relu"
+    }
+
+    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
+        let x = storage_f32(self.name(), storage, layout)?;
+        let mut y = vec![0.0f32; x.len()];
+        let s = step(x.len());
+        y.par_chunks_mut(s)
+            .zip(x.par_chunks(s))
+            .for_each(|(y, x)| rectify(x, y));
+        Ok((CpuStorage::F32(y), layout.shape().clone()))
+    }
+
+    fn bwd(&self, _arg: &Tensor, res: &Tensor, grad_res: &Tensor) -> Result<Option<Tensor>> {
+        masked_grad(self.name(), res, grad_res).map(Some)
+    }
+}
+
+/// `max(a + b, 0)` of two tensors of one shape; both get `dy·[y > 0]`.
+pub(super) struct AddRelu;
+
+impl CustomOp2 for AddRelu {
+    fn name(&self) -> &'static str {
+        "add-relu"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let a = storage_f32(self.name(), s1, l1)?;
+        let b = storage_f32(self.name(), s2, l2)?;
+        let mut y = vec![0.0f32; a.len()];
+        let s = step(a.len());
+        y.par_chunks_mut(s)
+            .zip(a.par_chunks(s).zip(b.par_chunks(s)))
+            .for_each(|(y, (a, b))| add_rectify(a, b, y));
+        Ok((CpuStorage::F32(y), l1.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        a: &Tensor,
+        b: &Tensor,
+        res: &Tensor,
+        grad_res: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let g = masked_grad(self.name(), res, grad_res)?;
+        Ok((a.track_op().then(|| g.clone()), b.track_op().then_some(g)))
+    }
+}
