@@ -222,16 +222,26 @@ impl BatchNorm2d {
     /// Normalize `x` `[B, C, H, W]`: with the batch's statistics in training mode (updating the
     /// running statistics), with the running statistics in evaluation mode.
     pub fn forward(&self, x: &Tensor, ctx: &Ctx) -> candle_core::Result<Tensor> {
+        self.normalize(x, ctx, false)
+    }
+
+    /// `relu(self.forward(x, ctx))` as one op (forward and backward in one pass each).
+    pub fn forward_relu(&self, x: &Tensor, ctx: &Ctx) -> candle_core::Result<Tensor> {
+        self.normalize(x, ctx, true)
+    }
+
+    /// The normalization of the mode, then ReLU if `relu`.
+    fn normalize(&self, x: &Tensor, ctx: &Ctx, relu: bool) -> candle_core::Result<Tensor> {
         if ctx.is_train() {
-            self.forward_train(x)
+            self.forward_train(x, relu)
         } else {
-            self.forward_eval(x)
+            self.forward_eval(x, relu)
         }
     }
 
     /// `y = (x − μ_B) / √(σ²_B + ε) · γ + β` with biased batch variance; then
     /// `running ← (1 − m)·running + m·stat` with the unbiased variance (PyTorch).
-    fn forward_train(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+    fn forward_train(&self, x: &Tensor, relu: bool) -> candle_core::Result<Tensor> {
         let (b, _, h, w) = x.dims4()?;
         let n = b * h * w;
         if n < 2 {
@@ -240,7 +250,7 @@ impl BatchNorm2d {
                 x.dims()
             );
         }
-        let (y, mean, var) = ops::batch_norm_train(x, &self.weight, &self.bias, self.eps)?;
+        let (y, mean, var) = ops::batch_norm_train(x, &self.weight, &self.bias, self.eps, relu)?;
         self.update_running(&mean, &var, n)?;
         Ok(y)
     }
@@ -260,12 +270,12 @@ impl BatchNorm2d {
     }
 
     /// `y = x · γ/√(running_var + ε) + (β − running_mean · γ/√(running_var + ε))`.
-    fn forward_eval(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+    fn forward_eval(&self, x: &Tensor, relu: bool) -> candle_core::Result<Tensor> {
         let rm = self.running_mean.as_detached_tensor().to_dtype(x.dtype())?;
         let rv = self.running_var.as_detached_tensor().to_dtype(x.dtype())?;
         let scale = (rv + self.eps)?.sqrt()?.recip()?.mul(&self.weight)?;
         let shift = (&self.bias - rm.mul(&scale)?)?;
-        ops::channel_affine(x, &scale, &shift)
+        ops::channel_affine(x, &scale, &shift, relu)
     }
 }
 

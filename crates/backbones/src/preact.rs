@@ -9,7 +9,6 @@
 use crate::error::Result;
 use crate::layers::{drop_path, BatchNorm2d, Conv2d, Ctx, Linear};
 use crate::model::Backbone;
-use crate::ops;
 use crate::params::{Init, ParamStore};
 use crate::resnet::{
     avg_pool_head, check_point, flatten_positions, linear_drop_path, validate_cnn, Stem,
@@ -135,15 +134,13 @@ impl Block {
     }
 
     fn forward(&self, x: &Tensor, ctx: &mut Ctx) -> candle_core::Result<Tensor> {
-        let pre = ops::relu(&self.norm1.forward(x, ctx)?)?;
+        let pre = self.norm1.forward_relu(x, ctx)?;
         let shortcut = match &self.downsample {
             Some(conv) => conv.forward(&pre)?,
             None => x.clone(),
         };
         let h = self.conv1.forward(&pre)?;
-        let h = self
-            .conv2
-            .forward(&ops::relu(&self.norm2.forward(&h, ctx)?)?)?;
+        let h = self.conv2.forward(&self.norm2.forward_relu(&h, ctx)?)?;
         drop_path(&h, self.drop_path, ctx)? + shortcut
     }
 }
@@ -278,7 +275,7 @@ impl Backbone for PreActResNet {
             h.clone()
         };
         let h = self.run_stages(h, point..self.stages.len(), ctx)?;
-        ops::relu(&self.norm.forward(&h, ctx)?)
+        self.norm.forward_relu(&h, ctx)
     }
 
     fn no_weight_decay(&self) -> Vec<String> {

@@ -282,10 +282,12 @@ impl Block {
         let mut h = x.clone();
         let last = self.convs.len() - 1;
         for (i, (conv, bn)) in self.convs.iter().zip(&self.bns).enumerate() {
-            h = bn.forward(&conv.forward(&h)?, ctx)?;
-            if i < last {
-                h = ops::relu(&h)?;
-            }
+            let y = conv.forward(&h)?;
+            h = if i < last {
+                bn.forward_relu(&y, ctx)?
+            } else {
+                bn.forward(&y, ctx)?
+            };
         }
         let h = drop_path(&h, self.drop_path, ctx)?;
         let shortcut = match &self.downsample {
@@ -353,7 +355,7 @@ impl ResNet {
     }
 
     fn stem(&self, x: &Tensor, ctx: &Ctx) -> candle_core::Result<Tensor> {
-        let h = ops::relu(&self.bn1.forward(&self.conv1.forward(x)?, ctx)?)?;
+        let h = self.bn1.forward_relu(&self.conv1.forward(x)?, ctx)?;
         self.cfg.stem.pool(&h)
     }
 

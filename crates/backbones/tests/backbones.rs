@@ -514,8 +514,9 @@ fn max_pool_fused_equals_composite() {
 }
 
 /// The fused batch-norm ops (train: batch statistics with the backward through them; eval: the
-/// per-channel affine map) equal their composite fallbacks (f64 path), outputs, statistics and
-/// the gradients of x, weight and bias.
+/// per-channel affine map), alone and with ReLU fused, equal their composite fallbacks (f64 path:
+/// candle's own ops, then candle's `relu`), outputs, statistics and the gradients of x, weight
+/// and bias.
 #[test]
 fn batch_norm_ops_fused_equal_composite() {
     let mut rng = ChaCha8Rng::seed_from_u64(2);
@@ -533,22 +534,34 @@ fn batch_norm_ops_fused_equal_composite() {
     let f64v = |v: &Var| Var::from_tensor(&v.as_tensor().to_dtype(DType::F64).unwrap()).unwrap();
     let (x64, w64, b64) = (f64v(&x), f64v(&w), f64v(&b));
     type Run = Box<dyn Fn(&Tensor, &Tensor, &Tensor) -> Vec<Tensor>>;
-    let cases: [(&str, Run); 2] = [
-        (
-            "train",
-            Box::new(|x, w, b| {
-                let (y, m, v) = multimix_backbones::ops::batch_norm_train(x, w, b, 1e-5).unwrap();
-                vec![y, m, v]
-            }),
-        ),
-        (
-            "eval",
-            Box::new(|x, w, b| vec![multimix_backbones::ops::channel_affine(x, w, b).unwrap()]),
-        ),
+    use multimix_backbones::ops::{batch_norm_train, channel_affine};
+    let train = |relu: bool| -> Run {
+        Box::new(move |x, w, b| {
+            let (y, m, v) = batch_norm_train(x, w, b, 1e-5, relu).unwrap();
+            vec![y, m, v]
+        })
+    };
+    // Evaluation-mode inputs sit at 2..4, so the shift moves about half the outputs below 0.
+    let eval = |relu: bool| -> Run {
+        Box::new(move |x, w, b| vec![channel_affine(x, w, &(b - 3.0).unwrap(), relu).unwrap()])
+    };
+    let cases: [(&str, Run); 4] = [
+        ("train", train(false)),
+        ("train+relu", train(true)),
+        ("eval", eval(false)),
+        ("eval+relu", eval(true)),
     ];
     for (name, run) in cases {
         let fused = run(x.as_tensor(), w.as_tensor(), b.as_tensor());
         let reference = run(x64.as_tensor(), w64.as_tensor(), b64.as_tensor());
+        let y = values(&fused[0]);
+        let zeros = y.iter().filter(|v| **v == 0.0).count() as f64 / y.len() as f64;
+        if name.ends_with("relu") {
+            assert!(
+                (0.2..0.8).contains(&zeros),
+                "{name}: {zeros} of outputs rectified"
+            );
+        }
         for (i, (a, r)) in fused.iter().zip(&reference).enumerate() {
             let r = r.to_dtype(DType::F32).unwrap();
             assert!(max_diff(a, &r) < 1e-5, "{name}: output {i}");

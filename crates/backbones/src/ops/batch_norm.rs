@@ -1,11 +1,14 @@
 //! Batch normalization over `[B, C, S…]` as custom ops: training mode (batch statistics, with
-//! the full backward through them) and the per-channel affine map of evaluation mode.
+//! the full backward through them) and the per-channel affine map of evaluation mode, each
+//! optionally followed by ReLU in the same pass (a ResNet's conv-bn-relu), whose backward masks
+//! the output gradient plane by plane in cache before the normalization's own backward.
 //!
 //! Channel `c` of sample `b` is the contiguous plane `x[(b·C + c)·S ..][..S]`; statistics are
 //! parallel over channels, elementwise work over planes, accumulation in f64.
 
 use super::cpu::{cpu_tensor, storage_f32, with_f32};
 use super::math::{dot_f64, sum_f64, sum_sq_dev_f64};
+use super::relu;
 use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
@@ -31,30 +34,109 @@ simd_kernel! {
 }
 
 simd_kernel! {
-    /// `y = ((x − hi) − lo)·scale + shift` over one plane.
-    fn normalize_plane(x: &[f32], y: &mut [f32], hi: f32, lo: f32, scale: f32, shift: f32) {
-        for (y, &x) in y.iter_mut().zip(x) {
-            *y = ((x - hi) - lo) * scale + shift;
+    /// `y = ((x − hi) − lo)·scale + shift` over one plane, then `max(y, 0)` (NaN kept) if `relu`.
+    fn normalize_plane(
+        x: &[f32],
+        y: &mut [f32],
+        hi: f32,
+        lo: f32,
+        scale: f32,
+        shift: f32,
+        relu: bool,
+    ) {
+        if relu {
+            for (y, &x) in y.iter_mut().zip(x) {
+                let v = ((x - hi) - lo) * scale + shift;
+                *y = if v < 0.0 { 0.0 } else { v };
+            }
+        } else {
+            for (y, &x) in y.iter_mut().zip(x) {
+                *y = ((x - hi) - lo) * scale + shift;
+            }
         }
     }
 }
 
 simd_kernel! {
-    /// `dx = scale·(dy − mean_dy − (x − μ)·k)` over one plane, `μ = st.hi + st.lo`.
-    fn input_grad_plane(
-        x: &[f32],
-        dy: &[f32],
-        dx: &mut [f32],
-        st: ChannelStats,
-        mean_dy: f32,
-        k: f32,
-        scale: f32,
-    ) {
-        for ((d, &xv), &g) in dx.iter_mut().zip(x).zip(dy) {
-            let xc = (xv - st.hi) - st.lo;
-            *d = scale * (g - mean_dy - xc * k);
+    /// `y = x·scale + shift` over one plane, then `max(y, 0)` (NaN kept) if `relu`.
+    fn affine_plane(x: &[f32], y: &mut [f32], scale: f32, shift: f32, relu: bool) {
+        if relu {
+            for (y, &x) in y.iter_mut().zip(x) {
+                let v = x * scale + shift;
+                *y = if v < 0.0 { 0.0 } else { v };
+            }
+        } else {
+            for (y, &x) in y.iter_mut().zip(x) {
+                *y = x * scale + shift;
+            }
         }
     }
+}
+
+simd_kernel! {
+    /// `d ← scale·(d − mean_dy − (x − μ)·k)` over one plane, in place (`d` holds the output
+    /// gradient on entry, the input gradient on return), `μ = st.hi + st.lo`.
+    fn input_grad_plane(x: &[f32], d: &mut [f32], st: ChannelStats, mean_dy: f32, k: f32, scale: f32) {
+        for (d, &xv) in d.iter_mut().zip(x) {
+            let xc = (xv - st.hi) - st.lo;
+            *d = scale * (*d - mean_dy - xc * k);
+        }
+    }
+}
+
+simd_kernel! {
+    /// `d ← d·scale` over one plane, in place.
+    fn scale_plane(d: &mut [f32], scale: f32) {
+        for d in d.iter_mut() {
+            *d *= scale;
+        }
+    }
+}
+
+/// The gradient reaching the normalization's output, for one plane: `dy` itself, or with a
+/// fused ReLU `dy·[y > 0]` (`y` the op's rectified output) written to `scratch`.
+fn plane_grad<'a>(dy: &'a [f32], y: Option<&[f32]>, scratch: &'a mut [f32]) -> &'a [f32] {
+    match y {
+        Some(y) => {
+            relu::mask(y, dy, scratch);
+            scratch
+        }
+        None => dy,
+    }
+}
+
+/// Writes the gradient reaching the normalization's output (see [`plane_grad`]) into `out`.
+fn write_plane_grad(dy: &[f32], y: Option<&[f32]>, out: &mut [f32]) {
+    match y {
+        Some(y) => relu::mask(y, dy, out),
+        None => out.copy_from_slice(dy),
+    }
+}
+
+/// Per channel `(Σ g, Σ g·x)` over the batch, in f64, of the gradient `g` reaching the
+/// normalization's output ([`plane_grad`]; `y` is the rectified output when ReLU is fused).
+fn channel_grad_sums(
+    dy: &[f32],
+    x: &[f32],
+    y: Option<&[f32]>,
+    (b, c, s): (usize, usize, usize),
+) -> Vec<(f64, f64)> {
+    (0..c)
+        .into_par_iter()
+        .map(|ch| {
+            let mut scratch = vec![0.0f32; if y.is_some() { s } else { 0 }];
+            let (mut sum_g, mut sum_gx) = (0.0f64, 0.0f64);
+            for i in 0..b {
+                let off = (i * c + ch) * s;
+                let yp = y.map(|y| &y[off..][..s]);
+                let g = plane_grad(&dy[off..][..s], yp, &mut scratch);
+                let (pg, pgx) = plane_dy_sums(g, &x[off..][..s]);
+                sum_g += pg;
+                sum_gx += pgx;
+            }
+            (sum_g, sum_gx)
+        })
+        .collect()
 }
 
 /// `(B, C, S)` of a `[B, C, …]` shape.
@@ -108,6 +190,8 @@ pub(super) fn channel_stats(
 /// `dx = γ·rstd·(dy − mean(dy) − x̂·mean(dy·x̂))`, `dγ = Σ dy·x̂`, `dβ = Σ dy`.
 pub(super) struct BatchNormTrain {
     pub(super) stats: Vec<ChannelStats>,
+    /// Whether ReLU follows in the same op.
+    pub(super) relu: bool,
 }
 
 /// Applies `f(plane, channel)` to every `[S]` plane of `out` in parallel.
@@ -121,7 +205,11 @@ fn for_planes(out: &mut [f32], c: usize, s: usize, f: impl Fn(&mut [f32], usize,
 
 impl CustomOp3 for BatchNormTrain {
     fn name(&self) -> &'static str {
-        "batch-norm-train"
+        if self.relu {
+            "batch-norm-train-relu"
+        } else {
+            "batch-norm-train"
+        }
     }
 
     fn cpu_fwd(
@@ -141,7 +229,8 @@ impl CustomOp3 for BatchNormTrain {
         for_planes(&mut y, c, s, |plane, i, ch| {
             let st = self.stats[ch];
             let scale = st.rstd * gamma[ch];
-            normalize_plane(&x[i * s..][..s], plane, st.hi, st.lo, scale, beta[ch]);
+            let (xs, shift) = (&x[i * s..][..s], beta[ch]);
+            normalize_plane(xs, plane, st.hi, st.lo, scale, shift, self.relu);
         });
         Ok((CpuStorage::F32(y), l1.shape().clone()))
     }
@@ -151,7 +240,7 @@ impl CustomOp3 for BatchNormTrain {
         x: &Tensor,
         gamma: &Tensor,
         beta: &Tensor,
-        _res: &Tensor,
+        res: &Tensor,
         grad_res: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let (b, c, s) = channel_dims(x.shape())?;
@@ -160,43 +249,38 @@ impl CustomOp3 for BatchNormTrain {
         let (dx, dgamma, dbeta) = with_f32(name, x, |x| {
             with_f32(name, grad_res, |dy| {
                 with_f32(name, gamma, |gamma| {
-                    // Per channel: Σ dy and Σ dy·(x − μ), in f64.
-                    let sums: Vec<(f64, f64)> = (0..c)
-                        .into_par_iter()
-                        .map(|ch| {
+                    with_f32(name, res, |out| {
+                        // With ReLU fused, the gradient reaching the normalization is dy·[y > 0].
+                        let y = self.relu.then_some(out);
+                        // Per channel: Σ g and Σ g·(x − μ) = Σ g·x − μ·Σ g, in f64.
+                        let sums: Vec<(f64, f64)> = channel_grad_sums(dy, x, y, (b, c, s))
+                            .into_iter()
+                            .zip(&self.stats)
+                            .map(|((sg, sgx), st)| {
+                                (sg, sgx - (f64::from(st.hi) + f64::from(st.lo)) * sg)
+                            })
+                            .collect();
+                        let mut dx = vec![0.0f32; x.len()];
+                        for_planes(&mut dx, c, s, |plane, i, ch| {
                             let st = self.stats[ch];
-                            let mut sum_dy = 0.0;
-                            let mut sum_dy_xc = 0.0;
-                            for i in 0..b {
-                                let off = (i * c + ch) * s;
-                                let (plane_dy, plane_dy_x) =
-                                    plane_dy_sums(&dy[off..][..s], &x[off..][..s]);
-                                sum_dy += plane_dy;
-                                sum_dy_xc +=
-                                    plane_dy_x - (f64::from(st.hi) + f64::from(st.lo)) * plane_dy;
-                            }
-                            (sum_dy, sum_dy_xc)
-                        })
-                        .collect();
-                    let mut dx = vec![0.0f32; x.len()];
-                    for_planes(&mut dx, c, s, |plane, i, ch| {
-                        let st = self.stats[ch];
-                        let (sum_dy, sum_dy_xc) = sums[ch];
-                        let rstd = f64::from(st.rstd);
-                        let mean_dy = (sum_dy / n) as f32;
-                        // mean(dy·x̂)·rstd, applied to (x − μ).
-                        let k = (sum_dy_xc / n * rstd * rstd) as f32;
-                        let scale = st.rstd * gamma[ch];
-                        let (xs, dys) = (&x[i * s..][..s], &dy[i * s..][..s]);
-                        input_grad_plane(xs, dys, plane, st, mean_dy, k, scale);
-                    });
-                    let dgamma: Vec<f32> = sums
-                        .iter()
-                        .zip(&self.stats)
-                        .map(|(&(_, sxc), st)| (sxc * f64::from(st.rstd)) as f32)
-                        .collect();
-                    let dbeta: Vec<f32> = sums.iter().map(|&(sdy, _)| sdy as f32).collect();
-                    Ok((dx, dgamma, dbeta))
+                            let (sum_dy, sum_dy_xc) = sums[ch];
+                            let rstd = f64::from(st.rstd);
+                            let mean_dy = (sum_dy / n) as f32;
+                            // mean(dy·x̂)·rstd, applied to (x − μ).
+                            let k = (sum_dy_xc / n * rstd * rstd) as f32;
+                            let scale = st.rstd * gamma[ch];
+                            let yp = y.map(|y| &y[i * s..][..s]);
+                            write_plane_grad(&dy[i * s..][..s], yp, plane);
+                            input_grad_plane(&x[i * s..][..s], plane, st, mean_dy, k, scale);
+                        });
+                        let dgamma: Vec<f32> = sums
+                            .iter()
+                            .zip(&self.stats)
+                            .map(|(&(_, sxc), st)| (sxc * f64::from(st.rstd)) as f32)
+                            .collect();
+                        let dbeta: Vec<f32> = sums.iter().map(|&(sdy, _)| sdy as f32).collect();
+                        Ok((dx, dgamma, dbeta))
+                    })
                 })
             })
         })?;
@@ -209,12 +293,20 @@ impl CustomOp3 for BatchNormTrain {
 }
 
 /// `y = x·scale_c + shift_c` over `[B, C, S…]` (evaluation-mode batch norm after folding the
-/// running statistics); `dx = dy·scale`, `dscale = Σ dy·x`, `dshift = Σ dy`.
-pub(super) struct ChannelAffine;
+/// running statistics), optionally followed by ReLU; with `g` the gradient reaching the affine map
+/// (`dy`, or `dy·[y > 0]` with ReLU): `dx = g·scale`, `dscale = Σ g·x`, `dshift = Σ g`.
+pub(super) struct ChannelAffine {
+    /// Whether ReLU follows in the same op.
+    pub(super) relu: bool,
+}
 
 impl CustomOp3 for ChannelAffine {
     fn name(&self) -> &'static str {
-        "channel-affine"
+        if self.relu {
+            "channel-affine-relu"
+        } else {
+            "channel-affine"
+        }
     }
 
     fn cpu_fwd(
@@ -232,9 +324,7 @@ impl CustomOp3 for ChannelAffine {
         let (_, c, s) = channel_dims(l1.shape())?;
         let mut y = vec![0.0f32; x.len()];
         for_planes(&mut y, c, s, |plane, i, ch| {
-            for (y, &x) in plane.iter_mut().zip(&x[i * s..][..s]) {
-                *y = x * scale[ch] + shift[ch];
-            }
+            affine_plane(&x[i * s..][..s], plane, scale[ch], shift[ch], self.relu);
         });
         Ok((CpuStorage::F32(y), l1.shape().clone()))
     }
@@ -244,7 +334,7 @@ impl CustomOp3 for ChannelAffine {
         x: &Tensor,
         scale: &Tensor,
         shift: &Tensor,
-        _res: &Tensor,
+        res: &Tensor,
         grad_res: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let (b, c, s) = channel_dims(x.shape())?;
@@ -254,36 +344,23 @@ impl CustomOp3 for ChannelAffine {
         let (dx, sums) = with_f32(name, x, |x| {
             with_f32(name, grad_res, |dy| {
                 with_f32(name, scale, |scale| {
-                    let mut dx = vec![0.0f32; x.len()];
-                    for_planes(&mut dx, c, s, |plane, i, ch| {
-                        for (d, &g) in plane.iter_mut().zip(&dy[i * s..][..s]) {
-                            *d = g * scale[ch];
-                        }
-                    });
-                    let sums = scale_tracked.then(|| {
-                        (0..c)
-                            .into_par_iter()
-                            .map(|ch| {
-                                let (mut sx, mut sd) = (0.0f64, 0.0f64);
-                                for i in 0..b {
-                                    let off = (i * c + ch) * s;
-                                    let (plane_dy, plane_dy_x) =
-                                        plane_dy_sums(&dy[off..][..s], &x[off..][..s]);
-                                    sx += plane_dy_x;
-                                    sd += plane_dy;
-                                }
-                                (sx as f32, sd as f32)
-                            })
-                            .collect::<Vec<(f32, f32)>>()
-                    });
-                    Ok((dx, sums))
+                    with_f32(name, res, |out| {
+                        let y = self.relu.then_some(out);
+                        let mut dx = vec![0.0f32; x.len()];
+                        for_planes(&mut dx, c, s, |plane, i, ch| {
+                            write_plane_grad(&dy[i * s..][..s], y.map(|y| &y[i * s..][..s]), plane);
+                            scale_plane(plane, scale[ch]);
+                        });
+                        let sums = scale_tracked.then(|| channel_grad_sums(dy, x, y, (b, c, s)));
+                        Ok((dx, sums))
+                    })
                 })
             })
         })?;
         let (dscale, dshift) = match sums {
             Some(sums) => {
-                let dscale: Vec<f32> = sums.iter().map(|p| p.0).collect();
-                let dshift: Vec<f32> = sums.iter().map(|p| p.1).collect();
+                let dscale: Vec<f32> = sums.iter().map(|p| p.1 as f32).collect();
+                let dshift: Vec<f32> = sums.iter().map(|p| p.0 as f32).collect();
                 (
                     Some(cpu_tensor(dscale, scale.shape())?),
                     Some(cpu_tensor(dshift, shift.shape())?),

@@ -119,7 +119,7 @@ impl Geometry {
     /// input channels fold faster).
     fn adjoint(&self) -> Option<Self> {
         let fits = self.stride == 1 && self.kh == self.kw && self.padding < self.kh;
-        (fits && self.c >= 16).then_some(Self {
+        (fits && self.c >= MIN_SHIFTED_CHANNELS).then_some(Self {
             c: self.o,
             h: self.oh,
             w: self.ow,
@@ -163,68 +163,91 @@ impl Geometry {
 }
 
 /// Unfolds `bc` samples `x` `[bc, C, H, W]` into `cols` `[C·kh·kw, bc·OH·OW]`:
-/// `cols[(c, ky, kx), (i, oy, ox)] = x[i, c, oy·s + ky − p, ox·s + kx − p]` (0 in the padding).
+/// `cols[(c, ky, kx), (i, oy, ox)] = x[i, c, oy·s + ky − p, ox·s + kx − p]` (0 in the padding),
+/// rayon-parallel over rows.
 fn im2col(x: &[f32], g: &Geometry, bc: usize, cols: &mut [f32]) {
+    cols.par_chunks_mut(bc * g.plane())
+        .enumerate()
+        .for_each(|(r, row)| im2col_row(x, g, r, row));
+}
+
+/// [`im2col`] of one sample on the calling thread.
+fn im2col_sample(x: &[f32], g: &Geometry, cols: &mut [f32]) {
+    for (r, row) in cols.chunks_exact_mut(g.plane()).enumerate() {
+        im2col_row(x, g, r, row);
+    }
+}
+
+/// Row `r` = `(c, ky, kx)` of the unfolded patches of the samples `x`, over their output pixels.
+fn im2col_row(x: &[f32], g: &Geometry, r: usize, row: &mut [f32]) {
+    let (s, p) = (g.stride, g.padding);
+    let (ci, ky, kx) = (r / (g.kh * g.kw), r / g.kw % g.kh, r % g.kw);
+    let (y0, y1) = g.valid(ky, g.h, g.oh);
+    let (x0, x1) = g.valid(kx, g.w, g.ow);
+    for (i, out) in row.chunks_exact_mut(g.plane()).enumerate() {
+        let plane = &x[(i * g.c + ci) * g.h * g.w..][..g.h * g.w];
+        for (oy, seg) in out.chunks_exact_mut(g.ow).enumerate() {
+            if oy < y0 || oy >= y1 {
+                seg.fill(0.0);
+                continue;
+            }
+            let src = &plane[(oy * s + ky - p) * g.w..][..g.w];
+            seg[..x0].fill(0.0);
+            seg[x1..].fill(0.0);
+            if s == 1 {
+                seg[x0..x1].copy_from_slice(&src[x0 + kx - p..x1 + kx - p]);
+            } else {
+                for (ox, v) in seg[x0..x1].iter_mut().enumerate() {
+                    *v = src[(x0 + ox) * s + kx - p];
+                }
+            }
+        }
+    }
+}
+
+/// Folds `dcols` `[C·kh·kw, bc·OH·OW]` back onto `dx` `[bc, C, H, W]` (the adjoint of
+/// [`im2col`]: every patch element adds to the input pixel it was read from), rayon-parallel over
+/// planes.
+fn col2im(dcols: &[f32], g: &Geometry, bc: usize, dx: &mut [f32]) {
+    dx.par_chunks_mut(g.h * g.w)
+        .enumerate()
+        .for_each(|(pi, plane)| col2im_plane(dcols, g, bc, pi, plane));
+}
+
+/// [`col2im`] of one sample (`bc` = 1) on the calling thread.
+fn col2im_sample(dcols: &[f32], g: &Geometry, dx: &mut [f32]) {
+    for (pi, plane) in dx.chunks_exact_mut(g.h * g.w).enumerate() {
+        col2im_plane(dcols, g, 1, pi, plane);
+    }
+}
+
+/// Plane `pi` = `(sample, channel)` of [`col2im`].
+fn col2im_plane(dcols: &[f32], g: &Geometry, bc: usize, pi: usize, plane: &mut [f32]) {
     let (l, n) = (g.plane(), bc * g.plane());
     let (s, p) = (g.stride, g.padding);
-    cols.par_chunks_mut(n).enumerate().for_each(|(r, row)| {
-        let (ci, ky, kx) = (r / (g.kh * g.kw), r / g.kw % g.kh, r % g.kw);
+    let (i, ci) = (pi / g.c, pi % g.c);
+    plane.fill(0.0);
+    for ky in 0..g.kh {
         let (y0, y1) = g.valid(ky, g.h, g.oh);
-        let (x0, x1) = g.valid(kx, g.w, g.ow);
-        for (i, out) in row.chunks_exact_mut(l).enumerate() {
-            let plane = &x[(i * g.c + ci) * g.h * g.w..][..g.h * g.w];
-            for (oy, seg) in out.chunks_exact_mut(g.ow).enumerate() {
-                if oy < y0 || oy >= y1 {
-                    seg.fill(0.0);
-                    continue;
-                }
-                let src = &plane[(oy * s + ky - p) * g.w..][..g.w];
-                seg[..x0].fill(0.0);
-                seg[x1..].fill(0.0);
+        for kx in 0..g.kw {
+            let (x0, x1) = g.valid(kx, g.w, g.ow);
+            let r = (ci * g.kh + ky) * g.kw + kx;
+            let src = &dcols[r * n + i * l..][..l];
+            for oy in y0..y1 {
+                let dst = &mut plane[(oy * s + ky - p) * g.w..][..g.w];
+                let seg = &src[oy * g.ow + x0..oy * g.ow + x1];
                 if s == 1 {
-                    seg[x0..x1].copy_from_slice(&src[x0 + kx - p..x1 + kx - p]);
+                    for (d, &v) in dst[x0 + kx - p..x1 + kx - p].iter_mut().zip(seg) {
+                        *d += v;
+                    }
                 } else {
-                    for (ox, v) in seg[x0..x1].iter_mut().enumerate() {
-                        *v = src[(x0 + ox) * s + kx - p];
+                    for (j, &v) in seg.iter().enumerate() {
+                        dst[(x0 + j) * s + kx - p] += v;
                     }
                 }
             }
         }
-    });
-}
-
-/// Folds `dcols` `[C·kh·kw, bc·OH·OW]` back onto `dx` `[bc, C, H, W]` (the adjoint of
-/// [`im2col`]: every patch element adds to the input pixel it was read from).
-fn col2im(dcols: &[f32], g: &Geometry, bc: usize, dx: &mut [f32]) {
-    let (l, n) = (g.plane(), bc * g.plane());
-    let (s, p) = (g.stride, g.padding);
-    dx.par_chunks_mut(g.h * g.w)
-        .enumerate()
-        .for_each(|(pi, plane)| {
-            let (i, ci) = (pi / g.c, pi % g.c);
-            plane.fill(0.0);
-            for ky in 0..g.kh {
-                let (y0, y1) = g.valid(ky, g.h, g.oh);
-                for kx in 0..g.kw {
-                    let (x0, x1) = g.valid(kx, g.w, g.ow);
-                    let r = (ci * g.kh + ky) * g.kw + kx;
-                    let src = &dcols[r * n + i * l..][..l];
-                    for oy in y0..y1 {
-                        let dst = &mut plane[(oy * s + ky - p) * g.w..][..g.w];
-                        let seg = &src[oy * g.ow + x0..oy * g.ow + x1];
-                        if s == 1 {
-                            for (d, &v) in dst[x0 + kx - p..x1 + kx - p].iter_mut().zip(seg) {
-                                *d += v;
-                            }
-                        } else {
-                            for (j, &v) in seg.iter().enumerate() {
-                                dst[(x0 + j) * s + kx - p] += v;
-                            }
-                        }
-                    }
-                }
-            }
-        });
+    }
 }
 
 /// `[bc, O, L]` (NCHW planes) → `[O, bc·L]`.
@@ -324,10 +347,108 @@ fn flip_transpose(w: &[f32], g: &Geometry) -> Vec<f32> {
     out
 }
 
-/// Output pixels per plane from which a stride-1 convolution skips the unfold
-/// ([`conv_shifted`]); smaller planes make its per-sample GEMMs too narrow (measured on a CIFAR
-/// ResNet-18: faster at 32×32 and 16×16, slower at 8×8 and 4×4).
+/// Output pixels per plane from which a convolution runs sample by sample, one GEMM thread per
+/// sample, with GEMMs `N` = a plane wide: [`conv_shifted`] (stride 1, at least
+/// [`MIN_SHIFTED_CHANNELS`] input channels) or [`conv_unfolded`]. Smaller planes make these
+/// GEMMs too narrow and take the chunked im2col path (measured on a CIFAR ResNet-18: per sample
+/// faster at 32×32 and 16×16, slower at 8×8 and 4×4).
 const MIN_SHIFTED_PLANE: usize = 256;
+
+/// Input channels from which [`conv_shifted`] beats unfolding: its `kh·kw` GEMMs have `K = C`,
+/// so a 3-channel stem's would each re-read and re-write the whole output for 3 multiply-adds.
+const MIN_SHIFTED_CHANNELS: usize = 16;
+
+/// `dst = lhs · rhs` (or `dst += lhs · rhs` if `accumulate`) on the calling thread, for an
+/// `[m, n]` row-major `dst` and `[m, k]`, `[k, n]` operands given as slices with (row, column)
+/// strides in elements.
+///
+/// # Panics
+/// If an operand's last element lies outside its slice.
+fn gemm_into(
+    dst: &mut [f32],
+    (m, n, k): (usize, usize, usize),
+    (lhs, lhs_rs, lhs_cs): (&[f32], usize, usize),
+    (rhs, rhs_rs, rhs_cs): (&[f32], usize, usize),
+    accumulate: bool,
+) {
+    if m == 0 || n == 0 {
+        return;
+    }
+    let last = |rows: usize, rs: usize, cols: usize, cs: usize| {
+        (rows - 1) * rs + cols.saturating_sub(1) * cs
+    };
+    assert!(m * n <= dst.len(), "gemm_into: dst");
+    assert!(
+        k == 0 || last(m, lhs_rs, k, lhs_cs) < lhs.len(),
+        "gemm_into: lhs"
+    );
+    assert!(
+        k == 0 || last(k, rhs_rs, n, rhs_cs) < rhs.len(),
+        "gemm_into: rhs"
+    );
+    // SAFETY: the asserts above keep every element gemm touches inside its slice: dst (i, j) at
+    // i·n + j < m·n, lhs (i, p) at i·lhs_rs + p·lhs_cs, rhs (p, j) at p·rhs_rs + j·rhs_cs. With
+    // `read_dst = false` gemm writes every dst element without reading it (k = 0 included).
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst.as_mut_ptr(),
+            1,
+            n as isize,
+            accumulate,
+            lhs.as_ptr(),
+            lhs_cs as isize,
+            lhs_rs as isize,
+            rhs.as_ptr(),
+            rhs_cs as isize,
+            rhs_rs as isize,
+            1.0,
+            1.0,
+            false,
+            false,
+            false,
+            gemm::Parallelism::None,
+        );
+    }
+}
+
+/// `y = conv(x, W)` sample by sample (in parallel, one GEMM thread each), for planes the shifted
+/// form does not take (strided, or a stem's few channels): the sample's patches unfolded to
+/// `[C·kh·kw, OH·OW]` (in cache at these sizes), then one GEMM with the kernel straight into the
+/// sample's NCHW output `[O, OH·OW]`.
+fn conv_unfolded(x: &[f32], w: &[f32], g: &Geometry) -> Vec<f32> {
+    let (rows, l) = (g.rows(), g.plane());
+    let mut y = vec![0.0f32; g.b * g.o * l];
+    y.par_chunks_mut(g.o * l)
+        .zip(x.par_chunks(g.c * g.h * g.w))
+        .for_each_init(
+            || vec![0.0f32; rows * l],
+            |cols, (y, x)| {
+                im2col_sample(x, g, cols);
+                gemm_into(y, (g.o, l, rows), (w, rows, 1), (cols, l, 1), false);
+            },
+        );
+    y
+}
+
+/// The input gradient of [`conv_unfolded`]'s convolution, sample by sample: `Wᵀ · dy` of the
+/// sample's NCHW output gradient `[O, OH·OW]` as patches `[C·kh·kw, OH·OW]`, folded onto `dx`.
+fn input_grad_unfolded(dy: &[f32], w: &[f32], g: &Geometry) -> Vec<f32> {
+    let (rows, l) = (g.rows(), g.plane());
+    let mut dx = vec![0.0f32; g.b * g.c * g.h * g.w];
+    dx.par_chunks_mut(g.c * g.h * g.w)
+        .zip(dy.par_chunks(g.o * l))
+        .for_each_init(
+            || vec![0.0f32; rows * l],
+            |dcols, (dx, dy)| {
+                gemm_into(dcols, (rows, l, g.o), (w, 1, rows), (dy, l, 1), false);
+                col2im_sample(dcols, g, dx);
+            },
+        );
+    dx
+}
 
 /// `y = conv(x, W)` of a stride-1 convolution without unfolding the patches, sample by sample
 /// (in parallel, one GEMM thread each): the sample zero-padded to `x_pad` `[C, Hp·Wp]`, then
@@ -394,8 +515,13 @@ fn conv_shifted(x: &[f32], w: &[f32], g: &Geometry) -> Vec<f32> {
 fn conv_forward(x: &[f32], ws: &CpuStorage, w_offset: usize, g: &Geometry) -> Result<Vec<f32>> {
     let (rows, l) = (g.rows(), g.plane());
     let w_l = Layout::contiguous_with_offset((g.o, rows), w_offset);
-    if g.stride == 1 && l >= MIN_SHIFTED_PLANE && g.b * g.o * l > 0 {
-        return Ok(conv_shifted(x, f32_slice(ws, &w_l)?, g));
+    if l >= MIN_SHIFTED_PLANE && g.b * g.o * l > 0 {
+        let w = f32_slice(ws, &w_l)?;
+        return Ok(if g.stride == 1 && g.c >= MIN_SHIFTED_CHANNELS {
+            conv_shifted(x, w, g)
+        } else {
+            conv_unfolded(x, w, g)
+        });
     }
     let mut y = vec![0.0f32; g.b * g.o * l];
     if y.is_empty() {
@@ -444,7 +570,7 @@ impl CustomOp2 for Conv2d {
     }
 
     /// `dW = Σ_chunks dy · colsᵀ`; `dx` = the adjoint convolution of `dy` (stride 1) or
-    /// `col2im(Wᵀ · dy)`. A gradient is computed only for an argument that tracks gradients
+    /// `col2im(Wᵀ · dy)`, sample by sample for wide planes ([`input_grad_unfolded`]). A gradient is computed only for an argument that tracks gradients
     /// (an input image's is skipped).
     fn bwd(
         &self,
@@ -469,9 +595,12 @@ impl CustomOp2 for Conv2d {
                             let wt = storage(flip_transpose(f32_slice(ws, wl)?, &g));
                             Some(conv_forward(dy, &wt, 0, ga)?)
                         }
+                        None if need_dx && g.plane() >= MIN_SHIFTED_PLANE => {
+                            Some(input_grad_unfolded(dy, f32_slice(ws, wl)?, &g))
+                        }
                         None => None,
                     };
-                    let fold = need_dx && adjoint.is_none();
+                    let fold = need_dx && dx.is_none();
                     let (dw, dx_fold) =
                         backward_chunks(x, (dys, dyl), (ws, wl), &g, need_dw, fold)?;
                     Ok((dx.or(dx_fold), dw))

@@ -107,17 +107,7 @@ pub fn gelu_erf(x: &Tensor) -> Result<Tensor> {
     }
 }
 
-/// `max(x, 0)` (torch `relu`, NaN kept); the backward is one pass, `dy·[y > 0]`. Gradient reaches
-/// `x`.
-pub fn relu(x: &Tensor) -> Result<Tensor> {
-    if fused(&[x]) {
-        x.contiguous()?.apply_op1(relu::Relu)
-    } else {
-        x.relu()
-    }
-}
-
-/// `max(a + b, 0)` of two tensors of one shape: a residual block's output (torch
+/// `max(a + b, 0)` of two tensors of one shape, NaN kept: a residual block's output (torch
 /// `relu(a + b)`), one node whose backward gives both `dy·[y > 0]`.
 pub fn add_relu(a: &Tensor, b: &Tensor) -> Result<Tensor> {
     if a.shape() != b.shape() {
@@ -150,13 +140,15 @@ pub fn bias_add(x: &Tensor, bias: &Tensor) -> Result<Tensor> {
 
 /// Batch normalization with batch statistics over `[B, C, …]` (torch `batch_norm` in training
 /// mode): `y = (x − μ_c)/√(σ²_c + eps)·weight_c + bias_c`, `μ`, `σ²` (biased) over all dims but
-/// dim 1. Returns `(y, μ, σ²)` with the statistics `[C]` detached (for the running averages);
+/// dim 1, followed by `max(y, 0)` in the same pass when `relu` (torch `relu(batch_norm(…))`).
+/// Returns `(y, μ, σ²)` with the statistics `[C]` detached (for the running averages);
 /// gradients reach `x` (through the statistics too), `weight` and `bias`.
 pub fn batch_norm_train(
     x: &Tensor,
     weight: &Tensor,
     bias: &Tensor,
     eps: f64,
+    relu: bool,
 ) -> Result<(Tensor, Tensor, Tensor)> {
     let c = x.dim(1)?;
     check_vector("batch_norm", x, weight, c)?;
@@ -172,7 +164,7 @@ pub fn batch_norm_train(
         let y = x.apply_op3(
             &weight.contiguous()?,
             &bias.contiguous()?,
-            batch_norm::BatchNormTrain { stats },
+            batch_norm::BatchNormTrain { stats, relu },
         )?;
         let device = x.device();
         Ok((
@@ -181,13 +173,15 @@ pub fn batch_norm_train(
             Tensor::from_vec(var, c, device)?.to_dtype(DType::F32)?,
         ))
     } else {
-        composite::batch_norm_train(x, weight, bias, eps)
+        let (y, mean, var) = composite::batch_norm_train(x, weight, bias, eps)?;
+        Ok((if relu { y.relu()? } else { y }, mean, var))
     }
 }
 
 /// `y = x·scale_c + shift_c` over `[B, C, …]` (evaluation-mode batch norm with its running
-/// statistics folded into `scale`, `shift` `[C]`). Gradients reach all three.
-pub fn channel_affine(x: &Tensor, scale: &Tensor, shift: &Tensor) -> Result<Tensor> {
+/// statistics folded into `scale`, `shift` `[C]`), followed by `max(y, 0)` in the same pass when
+/// `relu`. Gradients reach all three.
+pub fn channel_affine(x: &Tensor, scale: &Tensor, shift: &Tensor, relu: bool) -> Result<Tensor> {
     let c = x.dim(1)?;
     check_vector("channel_affine", x, scale, c)?;
     check_vector("channel_affine", x, shift, c)?;
@@ -195,10 +189,15 @@ pub fn channel_affine(x: &Tensor, scale: &Tensor, shift: &Tensor) -> Result<Tens
         x.contiguous()?.apply_op3(
             &scale.contiguous()?,
             &shift.contiguous()?,
-            batch_norm::ChannelAffine,
+            batch_norm::ChannelAffine { relu },
         )
     } else {
-        composite::channel_affine(x, scale, shift)
+        let y = composite::channel_affine(x, scale, shift)?;
+        if relu {
+            y.relu()
+        } else {
+            Ok(y)
+        }
     }
 }
 
@@ -372,12 +371,12 @@ mod tests {
             .unwrap()
     }
 
-    /// ReLU keeps NaN and, as PyTorch's `threshold_backward`, passes no gradient where the output
-    /// is 0 (x = 0 included) and the whole gradient where it is NaN.
+    /// The fused ReLU keeps NaN and, as PyTorch's `threshold_backward`, passes no gradient where
+    /// the output is 0 (a sum of 0 included) and the whole gradient where it is NaN.
     #[test]
     fn relu_matches_torch_at_zero_and_nan() {
         let x = candle_core::Var::new(&[-1.0f32, 0.0, 2.0, f32::NAN], &Device::Cpu).unwrap();
-        let y = relu(&x).unwrap();
+        let y = add_relu(&x, &x.zeros_like().unwrap()).unwrap();
         let v = y.to_vec1::<f32>().unwrap();
         assert_eq!(&v[..3], &[0.0, 0.0, 2.0]);
         assert!(v[3].is_nan());
@@ -399,7 +398,7 @@ mod tests {
         let b = candle_core::Var::from_tensor(&(values(&[37]) * 0.5).unwrap()).unwrap();
         let gy = values(&[4, 9, 37]).flip(&[0]).unwrap();
         type Pair = (Tensor, Tensor);
-        let pairs: [(&str, Pair); 6] = [
+        let pairs: [(&str, Pair); 5] = [
             (
                 "layer_norm",
                 (
@@ -415,7 +414,6 @@ mod tests {
                 ),
             ),
             ("gelu", (gelu_erf(&x).unwrap(), x.gelu_erf().unwrap())),
-            ("relu", (relu(&x).unwrap(), x.relu().unwrap())),
             (
                 "add_relu",
                 (

@@ -1,4 +1,5 @@
-//! ReLU and the residual `relu(a + b)` as one elementwise custom op each.
+//! The residual `relu(a + b)` as one elementwise custom op, and the ReLU gradient mask it shares
+//! with the batch norms that fuse ReLU.
 //!
 //! candle's `relu` backward builds `zeros_like`, a `ge` mask, its f32 cast and a product: four
 //! passes over the activation and three temporaries. Here the backward is one pass over the
@@ -6,17 +7,8 @@
 //! result), and the residual sum is not stored apart from its rectified output.
 
 use super::cpu::{cpu_tensor, storage_f32, task_rows, with_f32};
-use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
-
-simd_kernel! {
-    /// `y = max(x, 0)`, NaN kept (as `torch.relu`).
-    fn rectify(x: &[f32], y: &mut [f32]) {
-        for (y, &x) in y.iter_mut().zip(x) {
-            *y = if x < 0.0 { 0.0 } else { x };
-        }
-    }
-}
 
 simd_kernel! {
     /// `y = max(a + b, 0)`, NaN kept.
@@ -29,7 +21,7 @@ simd_kernel! {
 }
 
 simd_kernel! {
-    /// `dx = dy` where `y > 0`, else 0 (the gradient of either ReLU given its output `y`).
+    /// `dx = dy` where `y > 0`, else 0 (the gradient of a ReLU given its output `y`).
     fn mask(y: &[f32], dy: &[f32], dx: &mut [f32]) {
         for ((dx, &y), &g) in dx.iter_mut().zip(y).zip(dy) {
             *dx = if y <= 0.0 { 0.0 } else { g };
@@ -55,29 +47,6 @@ fn masked_grad(op: &'static str, res: &Tensor, grad_res: &Tensor) -> Result<Tens
         })
     })?;
     cpu_tensor(dx, res.shape())
-}
-
-/// `max(x, 0)`; backward `dy·[y > 0]`.
-pub(super) struct Relu;
-
-impl CustomOp1 for Relu {
-    fn name(&self) -> &'static str {
-        "relu"
-    }
-
-    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
-        let x = storage_f32(self.name(), storage, layout)?;
-        let mut y = vec![0.0f32; x.len()];
-        let s = step(x.len());
-        y.par_chunks_mut(s)
-            .zip(x.par_chunks(s))
-            .for_each(|(y, x)| rectify(x, y));
-        Ok((CpuStorage::F32(y), layout.shape().clone()))
-    }
-
-    fn bwd(&self, _arg: &Tensor, res: &Tensor, grad_res: &Tensor) -> Result<Option<Tensor>> {
-        masked_grad(self.name(), res, grad_res).map(Some)
-    }
 }
 
 /// `max(a + b, 0)` of two tensors of one shape; both get `dy·[y > 0]`.
