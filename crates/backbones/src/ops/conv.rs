@@ -12,14 +12,18 @@
 //!   (`W'[c, o, ky, kx] = W[o, c, k−1−ky, k−1−kx]`, padding `k−1−p`), which needs no fold and no
 //!   `[C·k², n]` buffer.
 //!
-//! A stride-1 convolution with output planes of at least 16×16 (a CIFAR ResNet's first two
-//! stages, and the input gradient of each of their convolutions) unfolds nothing: per sample,
-//! `kh·kw` GEMMs of the kernel slice `W[:, :, ky, kx]` with the zero-padded input shifted by
-//! `(ky, kx)` accumulate into the output ([`conv_shifted`]). The unfolded matrix is `kh·kw`
-//! times the input and does not stay in cache at these sizes; the shifted operands do.
+//! Output planes of at least 8×8 (a CIFAR ResNet's first three stages, and their input
+//! gradients) run sample by sample, one GEMM thread per sample, the GEMM written straight into
+//! the sample's NCHW output:
+//! * stride 1, ≥ 16 input channels, planes ≥ 32×32 ([`conv_shifted`]): no unfold at all, `kh·kw`
+//!   GEMMs of the kernel slice `W[:, :, ky, kx]` with the zero-padded input shifted by
+//!   `(ky, kx)`; the unfolded matrix (`kh·kw` times the input) would not stay in cache there;
+//! * otherwise ([`conv_unfolded`]; strided, a stem's 3 channels, 8×8 and 16×16 planes): the
+//!   sample's patches unfolded in cache, then one GEMM with `K = C·kh·kw`; its input gradient
+//!   folds `Wᵀ · dy` sample by sample too ([`input_grad_unfolded`]).
 //!
 //! The GEMMs are candle's CPU matmul or the `gemm` crate directly (parallel over both cores, or
-//! one thread per sample for the shifted form); unfolding, folding and the NCHW gathers are
+//! one thread per sample for the per-sample forms); unfolding, folding and the NCHW gathers are
 //! rayon-parallel over rows or planes.
 
 use super::cpu::cpu_tensor;
@@ -348,11 +352,19 @@ fn flip_transpose(w: &[f32], g: &Geometry) -> Vec<f32> {
 }
 
 /// Output pixels per plane from which a convolution runs sample by sample, one GEMM thread per
-/// sample, with GEMMs `N` = a plane wide: [`conv_shifted`] (stride 1, at least
-/// [`MIN_SHIFTED_CHANNELS`] input channels) or [`conv_unfolded`]. Smaller planes make these
-/// GEMMs too narrow and take the chunked im2col path (measured on a CIFAR ResNet-18: per sample
-/// faster at 32×32 and 16×16, slower at 8×8 and 4×4).
-const MIN_SHIFTED_PLANE: usize = 256;
+/// sample, with GEMMs `N` = a plane wide ([`conv_shifted`] or [`conv_unfolded`]). Smaller planes
+/// make these GEMMs too narrow and take the chunked im2col path. Measured on a CIFAR ResNet-18
+/// at batch 250 (`cargo bench -p multimix-backbones --bench conv`): per sample is faster for
+/// 8×8 outputs (stride 2 from 16×16: forward 74 → 66 ms, input gradient 90 → 76 ms), slower for
+/// 4×4 (124 → 134 ms).
+const MIN_PER_SAMPLE_PLANE: usize = 64;
+
+/// Output pixels per plane from which a stride-1 convolution with at least
+/// [`MIN_SHIFTED_CHANNELS`] inputs takes [`conv_shifted`] rather than [`conv_unfolded`]: at
+/// 32×32 (64 channels) unfolding a sample's patches (2.4 MB) leaves the cache (shifted 137 ms,
+/// unfolded 173 ms), at 16×16 (128 channels, 1.2 MB) it does not and unfolding's one long-`K`
+/// GEMM beats nine short ones (shifted 140 ms, unfolded 131 ms).
+const MIN_SHIFTED_PLANE: usize = 1024;
 
 /// Input channels from which [`conv_shifted`] beats unfolding: its `kh·kw` GEMMs have `K = C`,
 /// so a 3-channel stem's would each re-read and re-write the whole output for 3 multiply-adds.
@@ -451,58 +463,45 @@ fn input_grad_unfolded(dy: &[f32], w: &[f32], g: &Geometry) -> Vec<f32> {
 }
 
 /// `y = conv(x, W)` of a stride-1 convolution without unfolding the patches, sample by sample
-/// (in parallel, one GEMM thread each): the sample zero-padded to `x_pad` `[C, Hp·Wp]`, then
-/// `y_pad[o, q] = Σ_{ky,kx} W[o, :, ky, kx] · x_pad[:, q + ky·Wp + kx]`, `kh·kw` GEMMs with
-/// `K = C` accumulated on `OH` output rows of width `Wp`, whose last `Wp − OW` columns are
-/// discarded. Reads `C·Hp·Wp` padded values per sample where im2col writes `C·kh·kw·OH·OW`.
+/// (in parallel, one GEMM thread each): the sample zero-padded to `x_pad` `[C, Hp·Wq]`, then
+/// `y_pad[o, q] = Σ_{ky,kx} W[o, :, ky, kx] · x_pad[:, q + ky·Wq + kx]`, `kh·kw` GEMMs with
+/// `K = C` accumulated on `OH` output rows of width `Wq`, whose last `Wq − OW` columns are
+/// discarded. Reads `C·Hp·Wq` padded values per sample where im2col writes `C·kh·kw·OH·OW`.
+///
+/// Rows are `Wq = W + p` wide: the `p` zero columns that open each row are also the right
+/// padding of the row before (a read past a row's end lands in them), so `p` columns per
+/// output row are computed and dropped, not `2p` (at 32×32, 3 % of the GEMM columns, not 6 %).
+/// That needs `p < kw` (else `OW > Wq`); other paddings keep both sides, `Wq = W + 2p`.
 fn conv_shifted(x: &[f32], w: &[f32], g: &Geometry) -> Vec<f32> {
-    let (hp, wp) = (g.h + 2 * g.padding, g.w + 2 * g.padding);
-    let (pp, k2) = (hp * wp, g.kh * g.kw);
-    let n = g.oh * wp;
+    let p = g.padding;
+    let (hp, wq) = (g.h + 2 * p, g.w + if p < g.kw { p } else { 2 * p });
+    let (pp, k2) = (hp * wq, g.kh * g.kw);
+    let n = g.oh * wq;
     let mut y = vec![0.0f32; g.b * g.o * g.plane()];
     let buffers = || (vec![0.0f32; g.c * pp + g.kw], vec![0.0f32; g.o * n]);
     y.par_chunks_mut(g.o * g.plane())
         .zip(x.par_chunks(g.c * g.h * g.w))
         .for_each_init(buffers, |(xp, yp), (y, x)| {
+            // Pixel (y, x) of a channel at (y + p)·Wq + p + x; the rest stays 0.
             for (xp, x) in xp.chunks_exact_mut(pp).zip(x.chunks_exact(g.h * g.w)) {
-                for (row, src) in xp[g.padding * wp..]
-                    .chunks_exact_mut(wp)
-                    .zip(x.chunks_exact(g.w))
-                {
-                    row[g.padding..g.padding + g.w].copy_from_slice(src);
+                for (row, src) in xp[p * wq..].chunks_exact_mut(wq).zip(x.chunks_exact(g.w)) {
+                    row[p..p + g.w].copy_from_slice(src);
                 }
             }
             for t in 0..k2 {
                 let (ky, kx) = (t / g.kw, t % g.kw);
-                // SAFETY: dst `[O, n]` is `yp` (row stride n). lhs element (o, c) is
-                // w[o·C·k² + c·k² + t] < O·C·k² = w.len(). rhs element (c, q) is
-                // xp[c·pp + ky·wp + kx + q] ≤ (C−1)·pp + (kh−1)·wp + kw−1 + OH·wp − 1
-                // = C·pp + kw − 2 (as OH = hp − kh + 1) < xp.len(). read_dst only after t = 0.
-                unsafe {
-                    gemm::gemm(
-                        g.o,
-                        n,
-                        g.c,
-                        yp.as_mut_ptr(),
-                        1,
-                        n as isize,
-                        t > 0,
-                        w.as_ptr().add(t),
-                        k2 as isize,
-                        (k2 * g.c) as isize,
-                        xp.as_ptr().add(ky * wp + kx),
-                        1,
-                        pp as isize,
-                        1.0,
-                        1.0,
-                        false,
-                        false,
-                        false,
-                        gemm::Parallelism::None,
-                    );
-                }
+                // lhs (o, c) = W[o, c, ky, kx]; rhs (c, q) = x_pad[c·pp + ky·Wq + kx + q], whose
+                // last read is (C−1)·pp + (kh−1)·Wq + kw−1 + OH·Wq − 1 = C·pp + kw − 2
+                // (OH = Hp − kh + 1), inside the kw values of slack.
+                gemm_into(
+                    yp,
+                    (g.o, n, g.c),
+                    (&w[t..], k2 * g.c, k2),
+                    (&xp[ky * wq + kx..], pp, 1),
+                    t > 0,
+                );
             }
-            for (out, src) in y.chunks_exact_mut(g.ow).zip(yp.chunks_exact(wp)) {
+            for (out, src) in y.chunks_exact_mut(g.ow).zip(yp.chunks_exact(wq)) {
                 out.copy_from_slice(&src[..g.ow]);
             }
         });
@@ -515,9 +514,10 @@ fn conv_shifted(x: &[f32], w: &[f32], g: &Geometry) -> Vec<f32> {
 fn conv_forward(x: &[f32], ws: &CpuStorage, w_offset: usize, g: &Geometry) -> Result<Vec<f32>> {
     let (rows, l) = (g.rows(), g.plane());
     let w_l = Layout::contiguous_with_offset((g.o, rows), w_offset);
-    if l >= MIN_SHIFTED_PLANE && g.b * g.o * l > 0 {
+    if l >= MIN_PER_SAMPLE_PLANE && g.b * g.o * l > 0 {
         let w = f32_slice(ws, &w_l)?;
-        return Ok(if g.stride == 1 && g.c >= MIN_SHIFTED_CHANNELS {
+        let shifted = g.stride == 1 && g.c >= MIN_SHIFTED_CHANNELS && l >= MIN_SHIFTED_PLANE;
+        return Ok(if shifted {
             conv_shifted(x, w, g)
         } else {
             conv_unfolded(x, w, g)
@@ -595,7 +595,7 @@ impl CustomOp2 for Conv2d {
                             let wt = storage(flip_transpose(f32_slice(ws, wl)?, &g));
                             Some(conv_forward(dy, &wt, 0, ga)?)
                         }
-                        None if need_dx && g.plane() >= MIN_SHIFTED_PLANE => {
+                        None if need_dx && g.plane() >= MIN_PER_SAMPLE_PLANE => {
                             Some(input_grad_unfolded(dy, f32_slice(ws, wl)?, &g))
                         }
                         None => None,
