@@ -6,11 +6,12 @@
 //! Channel `c` of sample `b` is the contiguous plane `x[(b·C + c)·S ..][..S]`; statistics are
 //! parallel over channels, elementwise work over planes, accumulation in f64.
 
-use super::cpu::{cpu_tensor, storage_f32, with_f32};
+use super::cpu::{assume_init, cpu_tensor, filled_vec, storage_f32, with_f32, write_slice};
 use super::math::{dot_f64, sum_f64, sum_sq_dev_f64};
 use super::relu;
 use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
+use std::mem::MaybeUninit;
 
 simd_kernel! {
     /// Σ x of one plane, in f64.
@@ -37,7 +38,7 @@ simd_kernel! {
     /// `y = ((x − hi) − lo)·scale + shift` over one plane, then `max(y, 0)` (NaN kept) if `relu`.
     fn normalize_plane(
         x: &[f32],
-        y: &mut [f32],
+        y: &mut [MaybeUninit<f32>],
         hi: f32,
         lo: f32,
         scale: f32,
@@ -47,11 +48,11 @@ simd_kernel! {
         if relu {
             for (y, &x) in y.iter_mut().zip(x) {
                 let v = ((x - hi) - lo) * scale + shift;
-                *y = if v < 0.0 { 0.0 } else { v };
+                y.write(if v < 0.0 { 0.0 } else { v });
             }
         } else {
             for (y, &x) in y.iter_mut().zip(x) {
-                *y = ((x - hi) - lo) * scale + shift;
+                y.write(((x - hi) - lo) * scale + shift);
             }
         }
     }
@@ -59,15 +60,15 @@ simd_kernel! {
 
 simd_kernel! {
     /// `y = x·scale + shift` over one plane, then `max(y, 0)` (NaN kept) if `relu`.
-    fn affine_plane(x: &[f32], y: &mut [f32], scale: f32, shift: f32, relu: bool) {
+    fn affine_plane(x: &[f32], y: &mut [MaybeUninit<f32>], scale: f32, shift: f32, relu: bool) {
         if relu {
             for (y, &x) in y.iter_mut().zip(x) {
                 let v = x * scale + shift;
-                *y = if v < 0.0 { 0.0 } else { v };
+                y.write(if v < 0.0 { 0.0 } else { v });
             }
         } else {
             for (y, &x) in y.iter_mut().zip(x) {
-                *y = x * scale + shift;
+                y.write(x * scale + shift);
             }
         }
     }
@@ -95,21 +96,35 @@ simd_kernel! {
 
 /// The gradient reaching the normalization's output, for one plane: `dy` itself, or with a
 /// fused ReLU `dy·[y > 0]` (`y` the op's rectified output) written to `scratch`.
-fn plane_grad<'a>(dy: &'a [f32], y: Option<&[f32]>, scratch: &'a mut [f32]) -> &'a [f32] {
+fn plane_grad<'a>(
+    dy: &'a [f32],
+    y: Option<&[f32]>,
+    scratch: &'a mut [MaybeUninit<f32>],
+) -> &'a [f32] {
     match y {
         Some(y) => {
             relu::mask(y, dy, scratch);
-            scratch
+            // SAFETY: `mask` wrote every element of `scratch` (its length is the plane's).
+            unsafe { assume_init(scratch) }
         }
         None => dy,
     }
 }
 
-/// Writes the gradient reaching the normalization's output (see [`plane_grad`]) into `out`.
-fn write_plane_grad(dy: &[f32], y: Option<&[f32]>, out: &mut [f32]) {
+/// Writes the gradient reaching the normalization's output (see [`plane_grad`]) into `out`,
+/// all of it, and returns it.
+fn write_plane_grad<'a>(
+    dy: &[f32],
+    y: Option<&[f32]>,
+    out: &'a mut [MaybeUninit<f32>],
+) -> &'a mut [f32] {
     match y {
-        Some(y) => relu::mask(y, dy, out),
-        None => out.copy_from_slice(dy),
+        Some(y) => {
+            relu::mask(y, dy, out);
+            // SAFETY: `mask` wrote every element of `out` (its length is the plane's).
+            unsafe { assume_init(out) }
+        }
+        None => write_slice(out, dy),
     }
 }
 
@@ -124,7 +139,7 @@ fn channel_grad_sums(
     (0..c)
         .into_par_iter()
         .map(|ch| {
-            let mut scratch = vec![0.0f32; if y.is_some() { s } else { 0 }];
+            let mut scratch = vec![MaybeUninit::uninit(); if y.is_some() { s } else { 0 }];
             let (mut sum_g, mut sum_gx) = (0.0f64, 0.0f64);
             for i in 0..b {
                 let off = (i * c + ch) * s;
@@ -194,13 +209,27 @@ pub(super) struct BatchNormTrain {
     pub(super) relu: bool,
 }
 
-/// Applies `f(plane, channel)` to every `[S]` plane of `out` in parallel.
-fn for_planes(out: &mut [f32], c: usize, s: usize, f: impl Fn(&mut [f32], usize, usize) + Sync) {
-    if s > 0 {
-        out.par_chunks_mut(s)
-            .enumerate()
-            .for_each(|(i, plane)| f(plane, i, i % c));
-    }
+/// A vector of `len` values built plane by plane in parallel: `f(plane, i, channel)` for every
+/// `[S]` plane `i`, no zero-fill first.
+///
+/// # Safety
+/// `f` must write every element of the plane it gets.
+unsafe fn planes_vec(
+    len: usize,
+    c: usize,
+    s: usize,
+    f: impl Fn(&mut [MaybeUninit<f32>], usize, usize) + Sync,
+) -> Vec<f32> {
+    let fill = |out: &mut [MaybeUninit<f32>]| {
+        if s > 0 {
+            out.par_chunks_mut(s)
+                .enumerate()
+                .for_each(|(i, plane)| f(plane, i, i % c));
+        }
+    };
+    // SAFETY: the planes cover `out` (len = B·C·S; nothing when S = 0) and the caller
+    // guarantees `f` writes each whole.
+    unsafe { filled_vec(len, fill) }
 }
 
 impl CustomOp3 for BatchNormTrain {
@@ -225,13 +254,15 @@ impl CustomOp3 for BatchNormTrain {
         let gamma = storage_f32(self.name(), s2, l2)?;
         let beta = storage_f32(self.name(), s3, l3)?;
         let (_, c, s) = channel_dims(l1.shape())?;
-        let mut y = vec![0.0f32; x.len()];
-        for_planes(&mut y, c, s, |plane, i, ch| {
-            let st = self.stats[ch];
-            let scale = st.rstd * gamma[ch];
-            let (xs, shift) = (&x[i * s..][..s], beta[ch]);
-            normalize_plane(xs, plane, st.hi, st.lo, scale, shift, self.relu);
-        });
+        // SAFETY: `normalize_plane` writes every element of its plane.
+        let y = unsafe {
+            planes_vec(x.len(), c, s, |plane, i, ch| {
+                let st = self.stats[ch];
+                let scale = st.rstd * gamma[ch];
+                let (xs, shift) = (&x[i * s..][..s], beta[ch]);
+                normalize_plane(xs, plane, st.hi, st.lo, scale, shift, self.relu);
+            })
+        };
         Ok((CpuStorage::F32(y), l1.shape().clone()))
     }
 
@@ -260,19 +291,21 @@ impl CustomOp3 for BatchNormTrain {
                                 (sg, sgx - (f64::from(st.hi) + f64::from(st.lo)) * sg)
                             })
                             .collect();
-                        let mut dx = vec![0.0f32; x.len()];
-                        for_planes(&mut dx, c, s, |plane, i, ch| {
-                            let st = self.stats[ch];
-                            let (sum_dy, sum_dy_xc) = sums[ch];
-                            let rstd = f64::from(st.rstd);
-                            let mean_dy = (sum_dy / n) as f32;
-                            // mean(dy·x̂)·rstd, applied to (x − μ).
-                            let k = (sum_dy_xc / n * rstd * rstd) as f32;
-                            let scale = st.rstd * gamma[ch];
-                            let yp = y.map(|y| &y[i * s..][..s]);
-                            write_plane_grad(&dy[i * s..][..s], yp, plane);
-                            input_grad_plane(&x[i * s..][..s], plane, st, mean_dy, k, scale);
-                        });
+                        // SAFETY: `write_plane_grad` writes every element of the plane.
+                        let dx = unsafe {
+                            planes_vec(x.len(), c, s, |plane, i, ch| {
+                                let st = self.stats[ch];
+                                let (sum_dy, sum_dy_xc) = sums[ch];
+                                let rstd = f64::from(st.rstd);
+                                let mean_dy = (sum_dy / n) as f32;
+                                // mean(dy·x̂)·rstd, applied to (x − μ).
+                                let k = (sum_dy_xc / n * rstd * rstd) as f32;
+                                let scale = st.rstd * gamma[ch];
+                                let yp = y.map(|y| &y[i * s..][..s]);
+                                let d = write_plane_grad(&dy[i * s..][..s], yp, plane);
+                                input_grad_plane(&x[i * s..][..s], d, st, mean_dy, k, scale);
+                            })
+                        };
                         let dgamma: Vec<f32> = sums
                             .iter()
                             .zip(&self.stats)
@@ -322,10 +355,12 @@ impl CustomOp3 for ChannelAffine {
         let scale = storage_f32(self.name(), s2, l2)?;
         let shift = storage_f32(self.name(), s3, l3)?;
         let (_, c, s) = channel_dims(l1.shape())?;
-        let mut y = vec![0.0f32; x.len()];
-        for_planes(&mut y, c, s, |plane, i, ch| {
-            affine_plane(&x[i * s..][..s], plane, scale[ch], shift[ch], self.relu);
-        });
+        // SAFETY: `affine_plane` writes every element of its plane.
+        let y = unsafe {
+            planes_vec(x.len(), c, s, |plane, i, ch| {
+                affine_plane(&x[i * s..][..s], plane, scale[ch], shift[ch], self.relu);
+            })
+        };
         Ok((CpuStorage::F32(y), l1.shape().clone()))
     }
 
@@ -346,11 +381,14 @@ impl CustomOp3 for ChannelAffine {
                 with_f32(name, scale, |scale| {
                     with_f32(name, res, |out| {
                         let y = self.relu.then_some(out);
-                        let mut dx = vec![0.0f32; x.len()];
-                        for_planes(&mut dx, c, s, |plane, i, ch| {
-                            write_plane_grad(&dy[i * s..][..s], y.map(|y| &y[i * s..][..s]), plane);
-                            scale_plane(plane, scale[ch]);
-                        });
+                        // SAFETY: `write_plane_grad` writes every element of the plane.
+                        let dx = unsafe {
+                            planes_vec(x.len(), c, s, |plane, i, ch| {
+                                let yp = y.map(|y| &y[i * s..][..s]);
+                                let d = write_plane_grad(&dy[i * s..][..s], yp, plane);
+                                scale_plane(d, scale[ch]);
+                            })
+                        };
                         let sums = scale_tracked.then(|| channel_grad_sums(dy, x, y, (b, c, s)));
                         Ok((dx, sums))
                     })

@@ -26,12 +26,13 @@
 //! one thread per sample for the per-sample forms); unfolding, folding and the NCHW gathers are
 //! rayon-parallel over rows or planes.
 
-use super::cpu::cpu_tensor;
+use super::cpu::{assume_init_vec, cpu_tensor, filled_vec, uninit_vec, write_slice, write_zeros};
 use candle_core::backend::BackendStorage;
 use candle_core::{
     CpuStorage, CustomOp2, DeviceLocation, Error, Layout, Result, Shape, Storage, Tensor,
 };
 use rayon::prelude::*;
+use std::mem::MaybeUninit;
 
 /// Output columns (samples × output pixels) a chunk should reach, so the GEMMs are wide enough
 /// to amortize packing the weight.
@@ -215,22 +216,24 @@ fn im2col_row(x: &[f32], g: &Geometry, r: usize, row: &mut [f32]) {
 fn col2im(dcols: &[f32], g: &Geometry, bc: usize, dx: &mut [f32]) {
     dx.par_chunks_mut(g.h * g.w)
         .enumerate()
-        .for_each(|(pi, plane)| col2im_plane(dcols, g, bc, pi, plane));
+        .for_each(|(pi, plane)| {
+            plane.fill(0.0);
+            col2im_plane(dcols, g, bc, pi, plane);
+        });
 }
 
-/// [`col2im`] of one sample (`bc` = 1) on the calling thread.
-fn col2im_sample(dcols: &[f32], g: &Geometry, dx: &mut [f32]) {
+/// [`col2im`] of one sample (`bc` = 1) on the calling thread, writing every plane of `dx`.
+fn col2im_sample(dcols: &[f32], g: &Geometry, dx: &mut [MaybeUninit<f32>]) {
     for (pi, plane) in dx.chunks_exact_mut(g.h * g.w).enumerate() {
-        col2im_plane(dcols, g, 1, pi, plane);
+        col2im_plane(dcols, g, 1, pi, write_zeros(plane));
     }
 }
 
-/// Plane `pi` = `(sample, channel)` of [`col2im`].
+/// Plane `pi` = `(sample, channel)` of [`col2im`], added onto `plane`.
 fn col2im_plane(dcols: &[f32], g: &Geometry, bc: usize, pi: usize, plane: &mut [f32]) {
     let (l, n) = (g.plane(), bc * g.plane());
     let (s, p) = (g.stride, g.padding);
     let (i, ci) = (pi / g.c, pi % g.c);
-    plane.fill(0.0);
     for ky in 0..g.kh {
         let (y0, y1) = g.valid(ky, g.h, g.oh);
         for kx in 0..g.kw {
@@ -265,11 +268,11 @@ fn gather_planes(dy: &[f32], o: usize, l: usize, bc: usize, out: &mut [f32]) {
         });
 }
 
-/// `[O, bc·L]` → `[bc, O, L]` (NCHW planes).
-fn scatter_planes(src: &[f32], o: usize, l: usize, bc: usize, y: &mut [f32]) {
+/// `[O, bc·L]` → `[bc, O, L]` (NCHW planes), writing every element of `y`.
+fn scatter_planes(src: &[f32], o: usize, l: usize, bc: usize, y: &mut [MaybeUninit<f32>]) {
     y.par_chunks_mut(l).enumerate().for_each(|(pi, seg)| {
         let (i, oc) = (pi / o, pi % o);
-        seg.copy_from_slice(&src[oc * bc * l + i * l..][..l]);
+        write_slice(seg, &src[oc * bc * l + i * l..][..l]);
     });
 }
 
@@ -378,10 +381,40 @@ const MIN_SHIFTED_CHANNELS: usize = 16;
 /// If an operand's last element lies outside its slice.
 fn gemm_into(
     dst: &mut [f32],
+    mnk: (usize, usize, usize),
+    lhs: (&[f32], usize, usize),
+    rhs: (&[f32], usize, usize),
+    accumulate: bool,
+) {
+    // SAFETY: `dst` is `dst.len()` initialized, writable values.
+    unsafe { gemm_raw((dst.as_mut_ptr(), dst.len()), mnk, lhs, rhs, accumulate) }
+}
+
+/// `dst = lhs · rhs` as [`gemm_into`], into a destination that may be uninitialized: every one of
+/// its first `m·n` elements is written, none read.
+fn gemm_uninit(
+    dst: &mut [MaybeUninit<f32>],
+    mnk: (usize, usize, usize),
+    lhs: (&[f32], usize, usize),
+    rhs: (&[f32], usize, usize),
+) {
+    // SAFETY: `dst` is `dst.len()` writable values, not read as `read_dst` is false.
+    unsafe { gemm_raw((dst.as_mut_ptr().cast(), dst.len()), mnk, lhs, rhs, false) }
+}
+
+/// The `gemm` crate's single-threaded `dst (+)= lhs · rhs`, bounds-checked against the slices.
+///
+/// # Safety
+/// `dst.0` must point to `dst.1` writable f32 values, initialized if `read_dst`.
+///
+/// # Panics
+/// If `m·n > dst.1` or an operand's last element lies outside its slice.
+unsafe fn gemm_raw(
+    (dst, dst_len): (*mut f32, usize),
     (m, n, k): (usize, usize, usize),
     (lhs, lhs_rs, lhs_cs): (&[f32], usize, usize),
     (rhs, rhs_rs, rhs_cs): (&[f32], usize, usize),
-    accumulate: bool,
+    read_dst: bool,
 ) {
     if m == 0 || n == 0 {
         return;
@@ -389,27 +422,28 @@ fn gemm_into(
     let last = |rows: usize, rs: usize, cols: usize, cs: usize| {
         (rows - 1) * rs + cols.saturating_sub(1) * cs
     };
-    assert!(m * n <= dst.len(), "gemm_into: dst");
+    assert!(m * n <= dst_len, "gemm: dst");
     assert!(
         k == 0 || last(m, lhs_rs, k, lhs_cs) < lhs.len(),
-        "gemm_into: lhs"
+        "gemm: lhs"
     );
     assert!(
         k == 0 || last(k, rhs_rs, n, rhs_cs) < rhs.len(),
-        "gemm_into: rhs"
+        "gemm: rhs"
     );
     // SAFETY: the asserts above keep every element gemm touches inside its slice: dst (i, j) at
     // i·n + j < m·n, lhs (i, p) at i·lhs_rs + p·lhs_cs, rhs (p, j) at p·rhs_rs + j·rhs_cs. With
-    // `read_dst = false` gemm writes every dst element without reading it (k = 0 included).
+    // `read_dst = false` gemm writes every dst element without reading it (k = 0 included);
+    // otherwise the caller guarantees dst is initialized.
     unsafe {
         gemm::gemm(
             m,
             n,
             k,
-            dst.as_mut_ptr(),
+            dst,
             1,
             n as isize,
-            accumulate,
+            read_dst,
             lhs.as_ptr(),
             lhs_cs as isize,
             lhs_rs as isize,
@@ -432,34 +466,40 @@ fn gemm_into(
 /// sample's NCHW output `[O, OH·OW]`.
 fn conv_unfolded(x: &[f32], w: &[f32], g: &Geometry) -> Vec<f32> {
     let (rows, l) = (g.rows(), g.plane());
-    let mut y = vec![0.0f32; g.b * g.o * l];
-    y.par_chunks_mut(g.o * l)
-        .zip(x.par_chunks(g.c * g.h * g.w))
-        .for_each_init(
-            || vec![0.0f32; rows * l],
-            |cols, (y, x)| {
-                im2col_sample(x, g, cols);
-                gemm_into(y, (g.o, l, rows), (w, rows, 1), (cols, l, 1), false);
-            },
-        );
-    y
+    let fill = |y: &mut [MaybeUninit<f32>]| {
+        y.par_chunks_mut(g.o * l)
+            .zip(x.par_chunks(g.c * g.h * g.w))
+            .for_each_init(
+                || vec![0.0f32; rows * l],
+                |cols, (y, x)| {
+                    im2col_sample(x, g, cols);
+                    gemm_uninit(y, (g.o, l, rows), (w, rows, 1), (cols, l, 1));
+                },
+            );
+    };
+    // SAFETY: the GEMM writes all `O·L` values of each sample's chunk, and the B chunks cover
+    // the output (the caller has B·O·L > 0, so the chunks are non-empty).
+    unsafe { filled_vec(g.b * g.o * l, fill) }
 }
 
 /// The input gradient of [`conv_unfolded`]'s convolution, sample by sample: `Wᵀ · dy` of the
 /// sample's NCHW output gradient `[O, OH·OW]` as patches `[C·kh·kw, OH·OW]`, folded onto `dx`.
 fn input_grad_unfolded(dy: &[f32], w: &[f32], g: &Geometry) -> Vec<f32> {
     let (rows, l) = (g.rows(), g.plane());
-    let mut dx = vec![0.0f32; g.b * g.c * g.h * g.w];
-    dx.par_chunks_mut(g.c * g.h * g.w)
-        .zip(dy.par_chunks(g.o * l))
-        .for_each_init(
-            || vec![0.0f32; rows * l],
-            |dcols, (dx, dy)| {
-                gemm_into(dcols, (rows, l, g.o), (w, 1, rows), (dy, l, 1), false);
-                col2im_sample(dcols, g, dx);
-            },
-        );
-    dx
+    let fill = |dx: &mut [MaybeUninit<f32>]| {
+        dx.par_chunks_mut(g.c * g.h * g.w)
+            .zip(dy.par_chunks(g.o * l))
+            .for_each_init(
+                || vec![0.0f32; rows * l],
+                |dcols, (dx, dy)| {
+                    gemm_into(dcols, (rows, l, g.o), (w, 1, rows), (dy, l, 1), false);
+                    col2im_sample(dcols, g, dx);
+                },
+            );
+    };
+    // SAFETY: `col2im_sample` writes every plane of its sample, and the B samples cover `dx`
+    // (the caller has a non-empty `dy`, so B·C·H·W > 0 and the chunks are non-empty).
+    unsafe { filled_vec(g.b * g.c * g.h * g.w, fill) }
 }
 
 /// `y = conv(x, W)` of a stride-1 convolution without unfolding the patches, sample by sample
@@ -477,35 +517,38 @@ fn conv_shifted(x: &[f32], w: &[f32], g: &Geometry) -> Vec<f32> {
     let (hp, wq) = (g.h + 2 * p, g.w + if p < g.kw { p } else { 2 * p });
     let (pp, k2) = (hp * wq, g.kh * g.kw);
     let n = g.oh * wq;
-    let mut y = vec![0.0f32; g.b * g.o * g.plane()];
     let buffers = || (vec![0.0f32; g.c * pp + g.kw], vec![0.0f32; g.o * n]);
-    y.par_chunks_mut(g.o * g.plane())
-        .zip(x.par_chunks(g.c * g.h * g.w))
-        .for_each_init(buffers, |(xp, yp), (y, x)| {
-            // Pixel (y, x) of a channel at (y + p)·Wq + p + x; the rest stays 0.
-            for (xp, x) in xp.chunks_exact_mut(pp).zip(x.chunks_exact(g.h * g.w)) {
-                for (row, src) in xp[p * wq..].chunks_exact_mut(wq).zip(x.chunks_exact(g.w)) {
-                    row[p..p + g.w].copy_from_slice(src);
+    let fill = |y: &mut [MaybeUninit<f32>]| {
+        y.par_chunks_mut(g.o * g.plane())
+            .zip(x.par_chunks(g.c * g.h * g.w))
+            .for_each_init(buffers, |(xp, yp), (y, x)| {
+                // Pixel (y, x) of a channel at (y + p)·Wq + p + x; the rest stays 0.
+                for (xp, x) in xp.chunks_exact_mut(pp).zip(x.chunks_exact(g.h * g.w)) {
+                    for (row, src) in xp[p * wq..].chunks_exact_mut(wq).zip(x.chunks_exact(g.w)) {
+                        row[p..p + g.w].copy_from_slice(src);
+                    }
                 }
-            }
-            for t in 0..k2 {
-                let (ky, kx) = (t / g.kw, t % g.kw);
-                // lhs (o, c) = W[o, c, ky, kx]; rhs (c, q) = x_pad[c·pp + ky·Wq + kx + q], whose
-                // last read is (C−1)·pp + (kh−1)·Wq + kw−1 + OH·Wq − 1 = C·pp + kw − 2
-                // (OH = Hp − kh + 1), inside the kw values of slack.
-                gemm_into(
-                    yp,
-                    (g.o, n, g.c),
-                    (&w[t..], k2 * g.c, k2),
-                    (&xp[ky * wq + kx..], pp, 1),
-                    t > 0,
-                );
-            }
-            for (out, src) in y.chunks_exact_mut(g.ow).zip(yp.chunks_exact(wq)) {
-                out.copy_from_slice(&src[..g.ow]);
-            }
-        });
-    y
+                for t in 0..k2 {
+                    let (ky, kx) = (t / g.kw, t % g.kw);
+                    // lhs (o, c) = W[o, c, ky, kx]; rhs (c, q) = x_pad[c·pp + ky·Wq + kx + q], whose
+                    // last read is (C−1)·pp + (kh−1)·Wq + kw−1 + OH·Wq − 1 = C·pp + kw − 2
+                    // (OH = Hp − kh + 1), inside the kw values of slack.
+                    gemm_into(
+                        yp,
+                        (g.o, n, g.c),
+                        (&w[t..], k2 * g.c, k2),
+                        (&xp[ky * wq + kx..], pp, 1),
+                        t > 0,
+                    );
+                }
+                for (out, src) in y.chunks_exact_mut(g.ow).zip(yp.chunks_exact(wq)) {
+                    write_slice(out, &src[..g.ow]);
+                }
+            });
+    };
+    // SAFETY: each sample's chunk is `O·OH` rows of `OW`, each written from the GEMM's rows (`yp`
+    // holds `O·OH` rows of `Wq ≥ OW`), and the B chunks cover the output (B·O·L > 0).
+    unsafe { filled_vec(g.b * g.o * g.plane(), fill) }
 }
 
 /// `y = conv(x, W)` for the whole batch: [`conv_shifted`] for a stride-1 convolution with large
@@ -523,9 +566,9 @@ fn conv_forward(x: &[f32], ws: &CpuStorage, w_offset: usize, g: &Geometry) -> Re
             conv_unfolded(x, w, g)
         });
     }
-    let mut y = vec![0.0f32; g.b * g.o * l];
+    let mut y = uninit_vec(g.b * g.o * l);
     if y.is_empty() {
-        return Ok(y);
+        return Ok(Vec::new());
     }
     let bc = g.chunk();
     let mut cols = storage(vec![0.0f32; rows * bc * l]);
@@ -548,7 +591,9 @@ fn conv_forward(x: &[f32], ws: &CpuStorage, w_offset: usize, g: &Geometry) -> Re
         )?;
         scatter_planes(&out, g.o, l, bc, &mut y[b0 * g.o * l..][..n * g.o]);
     }
-    Ok(y)
+    // SAFETY: the chunks `b0..b0 + bc` cover the batch, and each scatter writes its chunk's
+    // `bc·O·L` outputs.
+    Ok(unsafe { assume_init_vec(y) })
 }
 
 impl CustomOp2 for Conv2d {

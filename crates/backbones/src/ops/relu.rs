@@ -6,25 +6,27 @@
 //! output and its gradient, `dx = dy` where `y > 0` (PyTorch's `threshold_backward` on the
 //! result), and the residual sum is not stored apart from its rectified output.
 
-use super::cpu::{cpu_tensor, storage_f32, task_rows, with_f32};
+use super::cpu::{cpu_tensor, filled_vec, storage_f32, task_rows, with_f32};
 use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
+use std::mem::MaybeUninit;
 
 simd_kernel! {
     /// `y = max(a + b, 0)`, NaN kept.
-    fn add_rectify(a: &[f32], b: &[f32], y: &mut [f32]) {
+    fn add_rectify(a: &[f32], b: &[f32], y: &mut [MaybeUninit<f32>]) {
         for ((y, &a), &b) in y.iter_mut().zip(a).zip(b) {
             let s = a + b;
-            *y = if s < 0.0 { 0.0 } else { s };
+            y.write(if s < 0.0 { 0.0 } else { s });
         }
     }
 }
 
 simd_kernel! {
-    /// `dx = dy` where `y > 0`, else 0 (the gradient of a ReLU given its output `y`).
-    fn mask(y: &[f32], dy: &[f32], dx: &mut [f32]) {
+    /// `dx = dy` where `y > 0`, else 0 (the gradient of a ReLU given its output `y`), written to
+    /// every element of `dx` (all three of one length).
+    fn mask(y: &[f32], dy: &[f32], dx: &mut [MaybeUninit<f32>]) {
         for ((dx, &y), &g) in dx.iter_mut().zip(y).zip(dy) {
-            *dx = if y <= 0.0 { 0.0 } else { g };
+            dx.write(if y <= 0.0 { 0.0 } else { g });
         }
     }
 }
@@ -38,12 +40,15 @@ fn step(n: usize) -> usize {
 fn masked_grad(op: &'static str, res: &Tensor, grad_res: &Tensor) -> Result<Tensor> {
     let dx = with_f32(op, res, |y| {
         with_f32(op, grad_res, |dy| {
-            let mut dx = vec![0.0f32; y.len()];
             let s = step(y.len());
-            dx.par_chunks_mut(s)
-                .zip(y.par_chunks(s).zip(dy.par_chunks(s)))
-                .for_each(|(dx, (y, dy))| mask(y, dy, dx));
-            Ok(dx)
+            let fill = |dx: &mut [MaybeUninit<f32>]| {
+                dx.par_chunks_mut(s)
+                    .zip(y.par_chunks(s).zip(dy.par_chunks(s)))
+                    .for_each(|(dx, (y, dy))| mask(y, dy, dx));
+            };
+            // SAFETY: the chunks of `dx` pair with equal chunks of `y` and `dy` (one length), and
+            // `mask` writes each whole.
+            Ok(unsafe { filled_vec(y.len(), fill) })
         })
     })?;
     cpu_tensor(dx, res.shape())
@@ -66,11 +71,15 @@ impl CustomOp2 for AddRelu {
     ) -> Result<(CpuStorage, Shape)> {
         let a = storage_f32(self.name(), s1, l1)?;
         let b = storage_f32(self.name(), s2, l2)?;
-        let mut y = vec![0.0f32; a.len()];
         let s = step(a.len());
-        y.par_chunks_mut(s)
-            .zip(a.par_chunks(s).zip(b.par_chunks(s)))
-            .for_each(|(y, (a, b))| add_rectify(a, b, y));
+        let fill = |y: &mut [MaybeUninit<f32>]| {
+            y.par_chunks_mut(s)
+                .zip(a.par_chunks(s).zip(b.par_chunks(s)))
+                .for_each(|(y, (a, b))| add_rectify(a, b, y));
+        };
+        // SAFETY: the chunks of `y` pair with equal chunks of `a` and `b` (one shape), and
+        // `add_rectify` writes each whole.
+        let y = unsafe { filled_vec(a.len(), fill) };
         Ok((CpuStorage::F32(y), l1.shape().clone()))
     }
 
