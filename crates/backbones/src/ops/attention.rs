@@ -7,11 +7,14 @@
 //! `cat`s plus adds; here the backward writes dq, dk, dv straight into one `[B, N, 3D]` gradient.
 //! Every matrix product is a single-threaded gemm on strided views, parallel over the batch.
 
-use super::cpu::{cpu_tensor, storage_f32, with_f32};
+use super::cpu::{
+    assume_init, assume_init_vec, cpu_tensor, filled_vec, storage_f32, uninit_vec, with_f32,
+};
 use super::softmax::{backward as softmax_backward, forward as softmax_forward};
 use candle_core::{CpuStorage, CustomOp1, Error, Layout, Result, Shape, Tensor};
 use gemm::{gemm, Parallelism};
 use rayon::prelude::*;
+use std::mem::MaybeUninit;
 use std::sync::Mutex;
 
 /// Attention over packed `[B, N, 3D]` qkv; keeps its softmax weights `[B, H, N, N]` for the
@@ -59,14 +62,16 @@ impl View {
     }
 }
 
-/// `dst[m, n] = beta · lhs[m, k] · rhs[k, n]` (dst not read), single-threaded.
+/// `dst[m, n] = beta · lhs[m, k] · rhs[k, n]` (dst written, not read: it may be
+/// uninitialized), single-threaded.
 ///
 /// # Safety
-/// The views must address `m×k` and `k×n` matrices inside live buffers, and `dst` (row stride
-/// `dst_rs`, column stride 1) an `m×n` matrix inside `dst`'s slice, not overlapping the inputs.
+/// The views must address `m×k` and `k×n` matrices of initialized values inside live buffers,
+/// and `dst` (row stride `dst_rs`, column stride 1) an `m×n` matrix inside `dst`'s slice, not
+/// overlapping the inputs.
 unsafe fn matmul(
     (m, n, k): (usize, usize, usize),
-    dst: &mut [f32],
+    dst: &mut [MaybeUninit<f32>],
     dst_rs: usize,
     lhs: View,
     rhs: View,
@@ -77,7 +82,7 @@ unsafe fn matmul(
         m,
         n,
         k,
-        dst.as_mut_ptr(),
+        dst.as_mut_ptr().cast::<f32>(),
         1,
         dst_rs as isize,
         false,
@@ -125,8 +130,16 @@ impl Dims {
     }
 }
 
-/// One batch element: `y[N, D]` and the weights `p[H, N, N]` from `qkv[N, 3D]`.
-fn forward_one(qkv: &[f32], y: &mut [f32], p: &mut [f32], s: &mut [f32], dm: Dims, scale: f32) {
+/// One batch element: `y[N, D]` and the weights `p[H, N, N]` from `qkv[N, 3D]`, every element of
+/// both written (`s` is `N×N` scratch).
+fn forward_one(
+    qkv: &[f32],
+    y: &mut [MaybeUninit<f32>],
+    p: &mut [MaybeUninit<f32>],
+    s: &mut [MaybeUninit<f32>],
+    dm: Dims,
+    scale: f32,
+) {
     let Dims { n, hd, d, .. } = dm;
     let rs = 3 * d;
     for (head, p) in p.chunks_exact_mut(n * n).enumerate() {
@@ -135,24 +148,27 @@ fn forward_one(qkv: &[f32], y: &mut [f32], p: &mut [f32], s: &mut [f32], dm: Dim
         let v = View::new(qkv, 2 * d + head * hd, rs, 1);
         // SAFETY: q, k, v are N×hd views of this element's qkv rows; s, p are N×N buffers and
         // the head's y columns lie inside y (N rows of D), none overlapping.
+        // The N×N products write all of `s` and `p` before they are read as initialized; the
+        // heads' `y` blocks cover its D columns.
         unsafe {
             matmul((n, n, hd), s, n, q, k.t(), scale);
-            softmax_forward(s, p, n);
-            let pv = View::new(p, 0, n, 1);
+            softmax_forward(assume_init(s), p, n);
+            let pv = View::new(assume_init(p), 0, n, 1);
             matmul((n, hd, n), &mut y[head * hd..], d, pv, v, 1.0);
         }
     }
 }
 
-/// One batch element of the backward: `dqkv[N, 3D]` from `dy[N, D]`, the weights and qkv.
+/// One batch element of the backward: `dqkv[N, 3D]` from `dy[N, D]`, the weights and qkv, every
+/// element written (`dp`, `ds` are `N×N` scratch).
 #[allow(clippy::too_many_arguments)]
 fn backward_one(
     qkv: &[f32],
     p: &[f32],
     dy: &[f32],
-    dqkv: &mut [f32],
-    dp: &mut [f32],
-    ds: &mut [f32],
+    dqkv: &mut [MaybeUninit<f32>],
+    dp: &mut [MaybeUninit<f32>],
+    ds: &mut [MaybeUninit<f32>],
     dm: Dims,
     scale: f32,
 ) {
@@ -164,12 +180,13 @@ fn backward_one(
         let v = View::new(qkv, 2 * d + head * hd, rs, 1);
         let g = View::new(dy, head * hd, d, 1);
         let pv = View::new(p, 0, n, 1);
-        // SAFETY: as in `forward_one`; dq, dk, dv are the head's disjoint column blocks of dqkv.
+        // SAFETY: as in `forward_one`; dq, dk, dv are the head's disjoint column blocks of dqkv,
+        // which the heads cover; `dp` and `ds` are written whole before they are read.
         unsafe {
             // dP = dY·Vᵀ; dS = P ⊙ (dP − Σ dP⊙P) (softmax backward), scale folded in below.
             matmul((n, n, hd), dp, n, g, v.t(), 1.0);
-            softmax_backward(p, dp, ds, n);
-            let dsv = View::new(ds, 0, n, 1);
+            softmax_backward(p, assume_init(dp), ds, n);
+            let dsv = View::new(assume_init(ds), 0, n, 1);
             // dQ = dS·K·scale, dK = dSᵀ·Q·scale, dV = Pᵀ·dY.
             matmul((n, hd, n), &mut dqkv[head * hd..], rs, dsv, k, scale);
             matmul(
@@ -201,17 +218,23 @@ impl CustomOp1 for QkvAttention {
         let qkv = storage_f32(self.name(), storage, layout)?;
         let dm = Dims::of(layout.shape(), self.heads)?;
         let (n, d) = (dm.n, dm.d);
-        let mut y = vec![0.0f32; dm.b * n * d];
-        let mut p = vec![0.0f32; dm.b * dm.h * n * n];
-        if !y.is_empty() && !p.is_empty() {
+        let (y_len, p_len) = (dm.b * n * d, dm.b * dm.h * n * n);
+        let (y, p) = if y_len == 0 || p_len == 0 {
+            // Nothing to compute (no tokens, or head_dim 0): zeros of the right sizes.
+            (vec![0.0f32; y_len], vec![0.0f32; p_len])
+        } else {
+            let (mut y, mut p) = (uninit_vec(y_len), uninit_vec(p_len));
             y.par_chunks_mut(n * d)
                 .zip(p.par_chunks_mut(dm.h * n * n))
                 .zip(qkv.par_chunks(n * 3 * d))
                 .for_each_init(
-                    || vec![0.0f32; n * n],
+                    || uninit_vec(n * n),
                     |s, ((y, p), qkv)| forward_one(qkv, y, p, s, dm, self.scale),
                 );
-        }
+            // SAFETY: `forward_one` writes every element of its batch element's `y` and `p`,
+            // and the B (non-empty) elements cover both.
+            unsafe { (assume_init_vec(y), assume_init_vec(p)) }
+        };
         *self
             .weights
             .lock()
@@ -231,19 +254,22 @@ impl CustomOp1 for QkvAttention {
             .ok_or_else(|| Error::Msg("qkv_attention: backward before forward".into()))?;
         let dqkv = with_f32(self.name(), arg, |qkv| {
             with_f32(self.name(), grad_res, |dy| {
-                let mut dqkv = vec![0.0f32; qkv.len()];
-                if !dqkv.is_empty() && !p.is_empty() {
-                    dqkv.par_chunks_mut(n * 3 * d)
-                        .zip(qkv.par_chunks(n * 3 * d))
-                        .zip(p.par_chunks(dm.h * n * n).zip(dy.par_chunks(n * d)))
-                        .for_each_init(
-                            || (vec![0.0f32; n * n], vec![0.0f32; n * n]),
-                            |(dp, ds), ((dqkv, qkv), (p, dy))| {
-                                backward_one(qkv, p, dy, dqkv, dp, ds, dm, self.scale)
-                            },
-                        );
-                }
-                Ok(dqkv)
+                let fill = |dqkv: &mut [MaybeUninit<f32>]| {
+                    if !dqkv.is_empty() && !p.is_empty() {
+                        dqkv.par_chunks_mut(n * 3 * d)
+                            .zip(qkv.par_chunks(n * 3 * d))
+                            .zip(p.par_chunks(dm.h * n * n).zip(dy.par_chunks(n * d)))
+                            .for_each_init(
+                                || (uninit_vec(n * n), uninit_vec(n * n)),
+                                |(dp, ds), ((dqkv, qkv), (p, dy))| {
+                                    backward_one(qkv, p, dy, dqkv, dp, ds, dm, self.scale)
+                                },
+                            );
+                    }
+                };
+                // SAFETY: `backward_one` writes every element of its batch element's `dqkv`, and
+                // the B elements cover it; `p` is empty only when `dqkv` is (see the forward).
+                Ok(unsafe { filled_vec(qkv.len(), fill) })
             })
         })?;
         cpu_tensor(dqkv, arg.shape()).map(Some)

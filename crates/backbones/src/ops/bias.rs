@@ -1,19 +1,20 @@
 //! `x[..., n] + bias[n]` as one custom op whose bias gradient is a parallel column sum.
 
-use super::cpu::{cpu_tensor, rows_and_len, storage_f32, task_rows, with_f32};
+use super::cpu::{cpu_tensor, filled_vec, rows_and_len, storage_f32, task_rows, with_f32};
 use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
+use std::mem::MaybeUninit;
 
 /// Bias add over the last dim; backward `dx = dy`, `dbias = Σ_rows dy`.
 pub(super) struct BiasAdd;
 
 simd_kernel! {
     /// Rows of `y = x + bias`.
-    fn forward(x: &[f32], bias: &[f32], y: &mut [f32]) {
+    fn forward(x: &[f32], bias: &[f32], y: &mut [MaybeUninit<f32>]) {
         let d = bias.len();
         for (x, y) in x.chunks_exact(d).zip(y.chunks_exact_mut(d)) {
             for ((y, &x), &b) in y.iter_mut().zip(x).zip(bias) {
-                *y = x + b;
+                y.write(x + b);
             }
         }
     }
@@ -66,13 +67,17 @@ impl CustomOp2 for BiasAdd {
         let x = storage_f32(self.name(), s1, l1)?;
         let bias = storage_f32(self.name(), s2, l2)?;
         let (rows, d) = rows_and_len(l1.shape());
-        let mut y = vec![0.0f32; x.len()];
-        if rows > 0 {
-            let step = task_rows(rows, d) * d;
-            y.par_chunks_mut(step)
-                .zip(x.par_chunks(step))
-                .for_each(|(y, x)| forward(x, bias, y));
-        }
+        let fill = |y: &mut [MaybeUninit<f32>]| {
+            if rows > 0 {
+                let step = task_rows(rows, d) * d;
+                y.par_chunks_mut(step)
+                    .zip(x.par_chunks(step))
+                    .for_each(|(y, x)| forward(x, bias, y));
+            }
+        };
+        // SAFETY: the chunks (whole rows) of `y` pair with equal chunks of `x`, and `forward`
+        // writes each row; with no rows there is nothing to write.
+        let y = unsafe { filled_vec(x.len(), fill) };
         Ok((CpuStorage::F32(y), l1.shape().clone()))
     }
 

@@ -123,6 +123,7 @@ pub(super) fn write_zeros(out: &mut [MaybeUninit<f32>]) -> &mut [f32] {
 ///
 /// # Safety
 /// Every element of `out` must be initialized.
+#[inline(always)]
 pub(super) unsafe fn assume_init(out: &mut [MaybeUninit<f32>]) -> &mut [f32] {
     // SAFETY: `MaybeUninit<f32>` has the layout of `f32`, and the caller guarantees every
     // element is initialized.

@@ -1,9 +1,10 @@
 //! Exact GELU `0.5·x·(1 + erf(x/√2))` as one elementwise custom op.
 
-use super::cpu::{cpu_tensor, storage_f32, task_rows, with_f32};
+use super::cpu::{cpu_tensor, filled_vec, storage_f32, task_rows, with_f32};
 use super::math::gelu_cdf_and_kernel;
 use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
+use std::mem::MaybeUninit;
 
 /// 1/√(2π), the normal density at 0.
 const INV_SQRT_2PI: f32 = 0.398_942_3;
@@ -13,20 +14,20 @@ pub(super) struct GeluErf;
 
 simd_kernel! {
     /// y = 0.5·x·(1 + erf(x/√2)).
-    fn forward(x: &[f32], y: &mut [f32]) {
+    fn forward(x: &[f32], y: &mut [MaybeUninit<f32>]) {
         for (y, &x) in y.iter_mut().zip(x) {
             let (cdf, _) = gelu_cdf_and_kernel(x);
-            *y = 0.5 * x * cdf;
+            y.write(0.5 * x * cdf);
         }
     }
 }
 
 simd_kernel! {
     /// dx = dy·(0.5·(1 + erf(x/√2)) + x·e^{−x²/2}/√(2π)).
-    fn backward(x: &[f32], dy: &[f32], dx: &mut [f32]) {
+    fn backward(x: &[f32], dy: &[f32], dx: &mut [MaybeUninit<f32>]) {
         for ((dx, &x), &dy) in dx.iter_mut().zip(x).zip(dy) {
             let (cdf, kernel) = gelu_cdf_and_kernel(x);
-            *dx = dy * (0.5 * cdf + x * kernel * INV_SQRT_2PI);
+            dx.write(dy * (0.5 * cdf + x * kernel * INV_SQRT_2PI));
         }
     }
 }
@@ -38,23 +39,29 @@ impl CustomOp1 for GeluErf {
 
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
         let x = storage_f32(self.name(), storage, layout)?;
-        let mut y = vec![0.0f32; x.len()];
         let step = task_rows(x.len(), 1);
-        y.par_chunks_mut(step)
-            .zip(x.par_chunks(step))
-            .for_each(|(y, x)| forward(x, y));
+        let fill = |y: &mut [MaybeUninit<f32>]| {
+            y.par_chunks_mut(step)
+                .zip(x.par_chunks(step))
+                .for_each(|(y, x)| forward(x, y));
+        };
+        // SAFETY: each chunk of `y` pairs with an equal chunk of `x`, and `forward` writes it.
+        let y = unsafe { filled_vec(x.len(), fill) };
         Ok((CpuStorage::F32(y), layout.shape().clone()))
     }
 
     fn bwd(&self, arg: &Tensor, _res: &Tensor, grad_res: &Tensor) -> Result<Option<Tensor>> {
         let dx = with_f32(self.name(), arg, |x| {
             with_f32(self.name(), grad_res, |dy| {
-                let mut dx = vec![0.0f32; x.len()];
                 let step = task_rows(x.len(), 1);
-                dx.par_chunks_mut(step)
-                    .zip(x.par_chunks(step).zip(dy.par_chunks(step)))
-                    .for_each(|(dx, (x, dy))| backward(x, dy, dx));
-                Ok(dx)
+                let fill = |dx: &mut [MaybeUninit<f32>]| {
+                    dx.par_chunks_mut(step)
+                        .zip(x.par_chunks(step).zip(dy.par_chunks(step)))
+                        .for_each(|(dx, (x, dy))| backward(x, dy, dx));
+                };
+                // SAFETY: each chunk of `dx` pairs with equal chunks of `x` and `dy` (one
+                // shape), and `backward` writes it.
+                Ok(unsafe { filled_vec(x.len(), fill) })
             })
         })?;
         cpu_tensor(dx, arg.shape()).map(Some)

@@ -1,9 +1,13 @@
 //! Layer norm over the last dim as one custom op with gradients for x, γ and β.
 
-use super::cpu::{cpu_tensor, rows_and_len, storage_f32, task_rows, with_f32};
+use super::cpu::{
+    assume_init_vec, cpu_tensor, filled_vec, rows_and_len, storage_f32, task_rows, uninit_vec,
+    with_f32,
+};
 use super::math::{sum2_f64, sum_f64, sum_sq_dev_f64};
 use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
+use std::mem::MaybeUninit;
 
 /// `y = (x − mean)·rstd·γ + β`, `rstd = 1/√(var + eps)`, biased variance (torch semantics).
 pub(super) struct LayerNorm {
@@ -50,12 +54,12 @@ impl Moments {
 
 simd_kernel! {
     /// Rows of `y = (x − mean)·rstd·γ + β`.
-    fn forward(x: &[f32], gamma: &[f32], beta: &[f32], y: &mut [f32], eps: f64) {
+    fn forward(x: &[f32], gamma: &[f32], beta: &[f32], y: &mut [MaybeUninit<f32>], eps: f64) {
         let d = gamma.len();
         for (x, y) in x.chunks_exact(d).zip(y.chunks_exact_mut(d)) {
             let m = Moments::of(x, eps);
             for (((y, &x), &g), &b) in y.iter_mut().zip(x).zip(gamma).zip(beta) {
-                *y = m.normalize(x) * g + b;
+                y.write(m.normalize(x) * g + b);
             }
         }
     }
@@ -68,7 +72,7 @@ simd_kernel! {
         x: &[f32],
         dy: &[f32],
         gamma: &[f32],
-        dx: &mut [f32],
+        dx: &mut [MaybeUninit<f32>],
         dgamma: &mut [f64],
         dbeta: &mut [f64],
         eps: f64,
@@ -87,7 +91,7 @@ simd_kernel! {
             let cols = dx.iter_mut().zip(dgamma.iter_mut()).zip(dbeta.iter_mut());
             for ((((dx, dgam), dbet), (&x, &dy)), &g) in cols.zip(x.iter().zip(dy)).zip(gamma) {
                 let xh = m.normalize(x);
-                *dx = m.rstd * (dy * g - m1 - xh * m2);
+                dx.write(m.rstd * (dy * g - m1 - xh * m2));
                 *dgam += f64::from(dy * xh);
                 *dbet += f64::from(dy);
             }
@@ -113,13 +117,17 @@ impl CustomOp3 for LayerNorm {
         let gamma = storage_f32(self.name(), s2, l2)?;
         let beta = storage_f32(self.name(), s3, l3)?;
         let (rows, d) = rows_and_len(l1.shape());
-        let mut y = vec![0.0f32; x.len()];
-        if rows > 0 {
-            let step = task_rows(rows, d) * d;
-            y.par_chunks_mut(step)
-                .zip(x.par_chunks(step))
-                .for_each(|(y, x)| forward(x, gamma, beta, y, self.eps));
-        }
+        let fill = |y: &mut [MaybeUninit<f32>]| {
+            if rows > 0 {
+                let step = task_rows(rows, d) * d;
+                y.par_chunks_mut(step)
+                    .zip(x.par_chunks(step))
+                    .for_each(|(y, x)| forward(x, gamma, beta, y, self.eps));
+            }
+        };
+        // SAFETY: the chunks (whole rows) of `y` pair with equal chunks of `x`, and `forward`
+        // writes each row; with no rows there is nothing to write.
+        let y = unsafe { filled_vec(x.len(), fill) };
         Ok((CpuStorage::F32(y), l1.shape().clone()))
     }
 
@@ -159,7 +167,7 @@ impl LayerNorm {
         rows: usize,
         d: usize,
     ) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
-        let mut dx = vec![0.0f32; x.len()];
+        let mut dx = uninit_vec(x.len());
         let mut dgamma = vec![0.0f64; d];
         let mut dbeta = vec![0.0f64; d];
         if rows > 0 {
@@ -184,6 +192,9 @@ impl LayerNorm {
             }
         }
         let to_f32 = |v: Vec<f64>| v.into_iter().map(|v| v as f32).collect();
+        // SAFETY: the chunks (whole rows) of `dx` pair with equal chunks of `x` and `dy`, and
+        // `backward` writes each row; with no rows `dx` is empty.
+        let dx = unsafe { assume_init_vec(dx) };
         (dx, to_f32(dgamma), to_f32(dbeta))
     }
 }

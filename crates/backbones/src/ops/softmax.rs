@@ -1,21 +1,26 @@
 //! Softmax over the last dim as one custom op.
 
-use super::cpu::{cpu_tensor, rows_and_len, storage_f32, task_rows, with_f32};
+use super::cpu::{
+    assume_init, cpu_tensor, filled_vec, rows_and_len, storage_f32, task_rows, with_f32,
+};
 use super::math::{dot_f64, exp_nonpositive, max_f32, sum_f32};
 use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
+use std::mem::MaybeUninit;
 
 /// Softmax over the last dim; backward `dx = y ⊙ (dy − Σ dy·y)` from the saved output.
 pub(super) struct Softmax;
 
 simd_kernel! {
     /// Rows of `y = exp(x − max) / Σ exp(x − max)`.
-    fn forward(x: &[f32], y: &mut [f32], d: usize) {
+    fn forward(x: &[f32], y: &mut [MaybeUninit<f32>], d: usize) {
         for (x, y) in x.chunks_exact(d).zip(y.chunks_exact_mut(d)) {
             let max = max_f32(x);
             for (y, &x) in y.iter_mut().zip(x) {
-                *y = exp_nonpositive(x - max);
+                y.write(exp_nonpositive(x - max));
             }
+            // SAFETY: every element of the row was just written.
+            let y = unsafe { assume_init(y) };
             let inv = 1.0 / sum_f32(y);
             for y in y.iter_mut() {
                 *y *= inv;
@@ -26,12 +31,12 @@ simd_kernel! {
 
 simd_kernel! {
     /// Rows of `dx = y ⊙ (dy − Σ dy·y)`.
-    fn backward(y: &[f32], dy: &[f32], dx: &mut [f32], d: usize) {
+    fn backward(y: &[f32], dy: &[f32], dx: &mut [MaybeUninit<f32>], d: usize) {
         let rows = y.chunks_exact(d).zip(dy.chunks_exact(d));
         for ((y, dy), dx) in rows.zip(dx.chunks_exact_mut(d)) {
             let s = dot_f64(y, dy) as f32;
             for ((dx, &y), &dy) in dx.iter_mut().zip(y).zip(dy) {
-                *dx = y * (dy - s);
+                dx.write(y * (dy - s));
             }
         }
     }
@@ -45,13 +50,17 @@ impl CustomOp1 for Softmax {
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
         let x = storage_f32(self.name(), storage, layout)?;
         let (rows, d) = rows_and_len(layout.shape());
-        let mut y = vec![0.0f32; x.len()];
-        if rows > 0 {
-            let step = task_rows(rows, d) * d;
-            y.par_chunks_mut(step)
-                .zip(x.par_chunks(step))
-                .for_each(|(y, x)| forward(x, y, d));
-        }
+        let fill = |y: &mut [MaybeUninit<f32>]| {
+            if rows > 0 {
+                let step = task_rows(rows, d) * d;
+                y.par_chunks_mut(step)
+                    .zip(x.par_chunks(step))
+                    .for_each(|(y, x)| forward(x, y, d));
+            }
+        };
+        // SAFETY: the chunks (whole rows) of `y` pair with equal chunks of `x`, and `forward`
+        // writes each row; with no rows there is nothing to write.
+        let y = unsafe { filled_vec(x.len(), fill) };
         Ok((CpuStorage::F32(y), layout.shape().clone()))
     }
 
@@ -59,14 +68,17 @@ impl CustomOp1 for Softmax {
         let (rows, d) = rows_and_len(res.shape());
         let dx = with_f32(self.name(), res, |y| {
             with_f32(self.name(), grad_res, |dy| {
-                let mut dx = vec![0.0f32; y.len()];
-                if rows > 0 {
-                    let step = task_rows(rows, d) * d;
-                    dx.par_chunks_mut(step)
-                        .zip(y.par_chunks(step).zip(dy.par_chunks(step)))
-                        .for_each(|(dx, (y, dy))| backward(y, dy, dx, d));
-                }
-                Ok(dx)
+                let fill = |dx: &mut [MaybeUninit<f32>]| {
+                    if rows > 0 {
+                        let step = task_rows(rows, d) * d;
+                        dx.par_chunks_mut(step)
+                            .zip(y.par_chunks(step).zip(dy.par_chunks(step)))
+                            .for_each(|(dx, (y, dy))| backward(y, dy, dx, d));
+                    }
+                };
+                // SAFETY: the chunks (whole rows) of `dx` pair with equal chunks of `y` and
+                // `dy`, and `backward` writes each row; with no rows there is nothing to write.
+                Ok(unsafe { filled_vec(y.len(), fill) })
             })
         })?;
         cpu_tensor(dx, res.shape()).map(Some)
