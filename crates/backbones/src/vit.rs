@@ -432,7 +432,7 @@ impl Backbone for VisionTransformer {
             GlobalPool::Avg => {
                 let (_, n, _) = features.dims3()?;
                 let prefix = self.num_prefix_tokens();
-                features.narrow(1, prefix, n - prefix)?.mean(1)?
+                ops::mean_tokens(features, prefix, n - prefix)?
             }
         };
         let pooled = match &self.fc_norm {

@@ -246,7 +246,7 @@ pub fn training_loss(
         }
         MixMethod::Multimix | MixMethod::DenseMultimix => {
             let features = model.forward_features(&images(batch.images)?, &mut Ctx::train(rng))?;
-            let (student, interp) = multimix_step(model, &features, labels, cfg, rng)?;
+            let (student, interp, pooled) = multimix_step(model, &features, labels, cfg, rng)?;
             let soft = match (distill.enabled, teacher) {
                 (false, _) => None,
                 (true, None) => {
@@ -262,11 +262,18 @@ pub fn training_loss(
             let mut loss =
                 student_loss(&student, &interp, &targets, soft.as_ref(), distill.weight)?;
             if cfg.clean_loss {
-                let z = model
-                    .backbone()
-                    .pre_logits(&features, &mut Ctx::train(rng))?;
-                let clean = soft_cross_entropy(&head.forward(&z)?, &targets)?;
-                loss = (loss + clean)?;
+                // The clean logits `g(Z)` of the embeddings the student mixed (one forward per
+                // example): the student's own for pooled MultiMix on logits.
+                let clean_logits = match (&student, pooled) {
+                    (Student::Logits(logits), Some(_)) => logits.clone(),
+                    (_, Some(z)) => head.forward(&z)?,
+                    (_, None) => head.forward(
+                        &model
+                            .backbone()
+                            .pre_logits(&features, &mut Ctx::train(rng))?,
+                    )?,
+                };
+                loss = (loss + soft_cross_entropy(&clean_logits, &targets)?)?;
             }
             Ok(loss)
         }
@@ -323,14 +330,15 @@ fn student_loss(
 }
 
 /// MultiMix (§2) or dense MultiMix (§3) on a batch's `features`: the student's logits (unmixed
-/// for the affine head in logit space, else of the mixed embeddings) and the interpolation.
+/// for the affine head in logit space, else of the mixed embeddings), the interpolation, and for
+/// pooled MultiMix the pooled embeddings `Z` it mixed (dense MultiMix pools none).
 fn multimix_step(
     model: &Model,
     features: &Tensor,
     labels: &[u32],
     cfg: &MixConfig,
     rng: &mut ChaCha8Rng,
-) -> Result<(Student, Interp)> {
+) -> Result<(Student, Interp, Option<Tensor>)> {
     let device = features.device();
     let backbone = model.backbone();
     let head = backbone.head();
@@ -343,7 +351,7 @@ fn multimix_step(
             MixSpace::Logits => Student::Logits(head.forward(&z)?),
             MixSpace::Embeddings => Student::Mixed(head.forward(&mix_rows(&lambda, &z)?)?),
         };
-        return Ok((student, Interp::Rows(lambda)));
+        return Ok((student, Interp::Rows(lambda), Some(z)));
     }
     // METHOD.md §3: per-position weights ξ̂ from Λ and the attention, dense loss over n·r terms.
     let z = backbone.dense(features)?;
@@ -382,7 +390,7 @@ fn multimix_step(
             Student::Mixed(head.forward(&mix_dense_factored(&lambda, &attn, &z)?)?)
         }
     };
-    Ok((student, Interp::Dense(lambda, attn)))
+    Ok((student, Interp::Dense(lambda, attn), None))
 }
 
 /// METHOD.md §4: the teacher's soft targets `softmax(g'(Z') / T)` (per position for dense

@@ -58,6 +58,7 @@ mod gelu;
 mod layer_norm;
 mod math;
 mod pool;
+mod pool_tokens;
 mod relu;
 mod softmax;
 
@@ -198,6 +199,25 @@ pub fn channel_affine(x: &Tensor, scale: &Tensor, shift: &Tensor, relu: bool) ->
         } else {
             Ok(y)
         }
+    }
+}
+
+/// The mean of tokens `start..start + len` of `x` `[B, N, D]`, `[B, D]` (a ViT's average pooling
+/// over its patch tokens: timm's `x[:, prefix:].mean(dim=1)`). Gradient reaches `x`.
+pub fn mean_tokens(x: &Tensor, start: usize, len: usize) -> Result<Tensor> {
+    let (_, n, _) = x.dims3()?;
+    if len == 0 || start + len > n {
+        candle_core::bail!(
+            "mean_tokens: tokens {start}..{} of {n} (need at least one token inside the input {:?})",
+            start + len,
+            x.dims()
+        );
+    }
+    if fused(&[x]) {
+        x.contiguous()?
+            .apply_op1(pool_tokens::MeanTokens { start, len })
+    } else {
+        x.narrow(1, start, len)?.mean(1)
     }
 }
 
@@ -369,6 +389,33 @@ mod tests {
             .unwrap()
             .to_scalar()
             .unwrap()
+    }
+
+    /// The token mean equals candle's `narrow` + `mean(1)`, output and input gradient (zero on the
+    /// tokens outside the range), and rejects an empty or out-of-range token range.
+    #[test]
+    fn mean_tokens_equals_narrow_mean() {
+        let x = candle_core::Var::from_tensor(&values(&[3, 9, 37])).unwrap();
+        let gy = values(&[3, 37]);
+        let fused = mean_tokens(&x, 2, 5).unwrap();
+        let reference = x.narrow(1, 2, 5).unwrap().mean(1).unwrap();
+        assert!(max_diff(&fused, &reference) < 1e-5);
+        let grad = |y: &Tensor| {
+            let g = (y * &gy).unwrap().sum_all().unwrap().backward().unwrap();
+            g.get(x.as_tensor()).unwrap().clone()
+        };
+        let (g1, g2) = (grad(&fused), grad(&reference));
+        assert!(max_diff(&g1, &g2) < 1e-6);
+        let outside = g1
+            .narrow(1, 7, 2)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .sum_all()
+            .unwrap();
+        assert_eq!(outside.to_scalar::<f32>().unwrap(), 0.0);
+        assert!(mean_tokens(&x, 2, 0).is_err());
+        assert!(mean_tokens(&x, 5, 5).is_err());
     }
 
     /// The fused ReLU keeps NaN and, as PyTorch's `threshold_backward`, passes no gradient where
