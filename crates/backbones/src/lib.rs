@@ -4,6 +4,10 @@
 //! embeddings for dense MultiMix, pooled embeddings, the affine head, and mix points for
 //! manifold mixup. [`Model`] wraps a backbone with its input normalization.
 
+// `simd_kernel!` for every module (the kernels' portable and AVX2 builds).
+#[macro_use]
+extern crate multimix_simd;
+
 pub mod adapt;
 pub mod error;
 pub mod layers;
