@@ -1,6 +1,6 @@
 //! `x[..., n] + bias[n]` as one custom op whose bias gradient is a parallel column sum.
 
-use super::cpu::{cpu_tensor, filled_vec, rows_and_len, storage_f32, task_rows, with_f32};
+use super::cpu::{cpu_tensor, filled_chunks, rows_and_len, storage_f32, task_rows, with_f32};
 use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 use std::mem::MaybeUninit;
@@ -67,17 +67,10 @@ impl CustomOp2 for BiasAdd {
         let x = storage_f32(self.name(), s1, l1)?;
         let bias = storage_f32(self.name(), s2, l2)?;
         let (rows, d) = rows_and_len(l1.shape());
-        let fill = |y: &mut [MaybeUninit<f32>]| {
-            if rows > 0 {
-                let step = task_rows(rows, d) * d;
-                y.par_chunks_mut(step)
-                    .zip(x.par_chunks(step))
-                    .for_each(|(y, x)| forward(x, bias, y));
-            }
-        };
-        // SAFETY: the chunks (whole rows) of `y` pair with equal chunks of `x`, and `forward`
-        // writes each row; with no rows there is nothing to write.
-        let y = unsafe { filled_vec(x.len(), fill) };
+        let step = task_rows(rows, d) * d;
+        // SAFETY: the chunks are whole rows, and `forward` writes each.
+        let y =
+            unsafe { filled_chunks(x.len(), step, |y, at| forward(&x[at..][..y.len()], bias, y)) };
         Ok((CpuStorage::F32(y), l1.shape().clone()))
     }
 

@@ -1,5 +1,6 @@
 //! CPU f32 data access and the row partition shared by the custom ops.
 
+use rayon::prelude::*;
 use std::mem::MaybeUninit;
 
 use candle_core::{
@@ -79,6 +80,26 @@ pub(super) unsafe fn filled_vec(
     fill(&mut v);
     // SAFETY: the caller guarantees `fill` initialized every element.
     unsafe { assume_init_vec(v) }
+}
+
+/// A vector of `len` f32 written in parallel chunks of `step` elements (the last may be
+/// shorter): `f(chunk, start)` gets the uninitialized chunk that begins at element `start`.
+///
+/// # Safety
+/// `f` must write every element of the chunk it gets.
+pub(super) unsafe fn filled_chunks(
+    len: usize,
+    step: usize,
+    f: impl Fn(&mut [MaybeUninit<f32>], usize) + Sync,
+) -> Vec<f32> {
+    let step = step.max(1);
+    let fill = |out: &mut [MaybeUninit<f32>]| {
+        out.par_chunks_mut(step)
+            .enumerate()
+            .for_each(|(i, chunk)| f(chunk, i * step));
+    };
+    // SAFETY: the chunks cover the vector, and the caller guarantees `f` writes each whole.
+    unsafe { filled_vec(len, fill) }
 }
 
 /// `len` uninitialized f32.

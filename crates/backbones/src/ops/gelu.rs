@@ -1,9 +1,8 @@
 //! Exact GELU `0.5·x·(1 + erf(x/√2))` as one elementwise custom op.
 
-use super::cpu::{cpu_tensor, filled_vec, storage_f32, task_rows, with_f32};
+use super::cpu::{cpu_tensor, filled_chunks, storage_f32, task_rows, with_f32};
 use super::math::gelu_cdf_and_kernel;
 use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
-use rayon::prelude::*;
 use std::mem::MaybeUninit;
 
 /// 1/√(2π), the normal density at 0.
@@ -40,13 +39,8 @@ impl CustomOp1 for GeluErf {
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
         let x = storage_f32(self.name(), storage, layout)?;
         let step = task_rows(x.len(), 1);
-        let fill = |y: &mut [MaybeUninit<f32>]| {
-            y.par_chunks_mut(step)
-                .zip(x.par_chunks(step))
-                .for_each(|(y, x)| forward(x, y));
-        };
-        // SAFETY: each chunk of `y` pairs with an equal chunk of `x`, and `forward` writes it.
-        let y = unsafe { filled_vec(x.len(), fill) };
+        // SAFETY: `forward` writes all of its chunk (of `x`'s length).
+        let y = unsafe { filled_chunks(x.len(), step, |y, at| forward(&x[at..][..y.len()], y)) };
         Ok((CpuStorage::F32(y), layout.shape().clone()))
     }
 
@@ -54,14 +48,12 @@ impl CustomOp1 for GeluErf {
         let dx = with_f32(self.name(), arg, |x| {
             with_f32(self.name(), grad_res, |dy| {
                 let step = task_rows(x.len(), 1);
-                let fill = |dx: &mut [MaybeUninit<f32>]| {
-                    dx.par_chunks_mut(step)
-                        .zip(x.par_chunks(step).zip(dy.par_chunks(step)))
-                        .for_each(|(dx, (x, dy))| backward(x, dy, dx));
+                let chunk = |dx: &mut [MaybeUninit<f32>], at: usize| {
+                    let n = dx.len();
+                    backward(&x[at..][..n], &dy[at..][..n], dx);
                 };
-                // SAFETY: each chunk of `dx` pairs with equal chunks of `x` and `dy` (one
-                // shape), and `backward` writes it.
-                Ok(unsafe { filled_vec(x.len(), fill) })
+                // SAFETY: `backward` writes all of its chunk (`x` and `dy` have one shape).
+                Ok(unsafe { filled_chunks(x.len(), step, chunk) })
             })
         })?;
         cpu_tensor(dx, arg.shape()).map(Some)

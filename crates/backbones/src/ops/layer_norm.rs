@@ -1,7 +1,7 @@
 //! Layer norm over the last dim as one custom op with gradients for x, γ and β.
 
 use super::cpu::{
-    assume_init_vec, cpu_tensor, filled_vec, rows_and_len, storage_f32, task_rows, uninit_vec,
+    assume_init_vec, cpu_tensor, filled_chunks, rows_and_len, storage_f32, task_rows, uninit_vec,
     with_f32,
 };
 use super::math::{sum2_f64, sum_f64, sum_sq_dev_f64};
@@ -117,17 +117,12 @@ impl CustomOp3 for LayerNorm {
         let gamma = storage_f32(self.name(), s2, l2)?;
         let beta = storage_f32(self.name(), s3, l3)?;
         let (rows, d) = rows_and_len(l1.shape());
-        let fill = |y: &mut [MaybeUninit<f32>]| {
-            if rows > 0 {
-                let step = task_rows(rows, d) * d;
-                y.par_chunks_mut(step)
-                    .zip(x.par_chunks(step))
-                    .for_each(|(y, x)| forward(x, gamma, beta, y, self.eps));
-            }
+        let step = task_rows(rows, d) * d;
+        let chunk = |y: &mut [MaybeUninit<f32>], at: usize| {
+            forward(&x[at..][..y.len()], gamma, beta, y, self.eps);
         };
-        // SAFETY: the chunks (whole rows) of `y` pair with equal chunks of `x`, and `forward`
-        // writes each row; with no rows there is nothing to write.
-        let y = unsafe { filled_vec(x.len(), fill) };
+        // SAFETY: the chunks are whole rows, and `forward` writes each.
+        let y = unsafe { filled_chunks(x.len(), step, chunk) };
         Ok((CpuStorage::F32(y), l1.shape().clone()))
     }
 

@@ -6,9 +6,8 @@
 //! output and its gradient, `dx = dy` where `y > 0` (PyTorch's `threshold_backward` on the
 //! result), and the residual sum is not stored apart from its rectified output.
 
-use super::cpu::{cpu_tensor, filled_vec, storage_f32, task_rows, with_f32};
+use super::cpu::{cpu_tensor, filled_chunks, storage_f32, task_rows, with_f32};
 use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
-use rayon::prelude::*;
 use std::mem::MaybeUninit;
 
 simd_kernel! {
@@ -41,14 +40,12 @@ fn masked_grad(op: &'static str, res: &Tensor, grad_res: &Tensor) -> Result<Tens
     let dx = with_f32(op, res, |y| {
         with_f32(op, grad_res, |dy| {
             let s = step(y.len());
-            let fill = |dx: &mut [MaybeUninit<f32>]| {
-                dx.par_chunks_mut(s)
-                    .zip(y.par_chunks(s).zip(dy.par_chunks(s)))
-                    .for_each(|(dx, (y, dy))| mask(y, dy, dx));
+            let chunk = |dx: &mut [MaybeUninit<f32>], at: usize| {
+                let n = dx.len();
+                mask(&y[at..][..n], &dy[at..][..n], dx);
             };
-            // SAFETY: the chunks of `dx` pair with equal chunks of `y` and `dy` (one length), and
-            // `mask` writes each whole.
-            Ok(unsafe { filled_vec(y.len(), fill) })
+            // SAFETY: `mask` writes all of its chunk (`y` and `dy` have one shape).
+            Ok(unsafe { filled_chunks(y.len(), s, chunk) })
         })
     })?;
     cpu_tensor(dx, res.shape())
@@ -72,14 +69,12 @@ impl CustomOp2 for AddRelu {
         let a = storage_f32(self.name(), s1, l1)?;
         let b = storage_f32(self.name(), s2, l2)?;
         let s = step(a.len());
-        let fill = |y: &mut [MaybeUninit<f32>]| {
-            y.par_chunks_mut(s)
-                .zip(a.par_chunks(s).zip(b.par_chunks(s)))
-                .for_each(|(y, (a, b))| add_rectify(a, b, y));
+        let chunk = |y: &mut [MaybeUninit<f32>], at: usize| {
+            let n = y.len();
+            add_rectify(&a[at..][..n], &b[at..][..n], y);
         };
-        // SAFETY: the chunks of `y` pair with equal chunks of `a` and `b` (one shape), and
-        // `add_rectify` writes each whole.
-        let y = unsafe { filled_vec(a.len(), fill) };
+        // SAFETY: `add_rectify` writes all of its chunk (`a` and `b` have one shape).
+        let y = unsafe { filled_chunks(a.len(), s, chunk) };
         Ok((CpuStorage::F32(y), l1.shape().clone()))
     }
 

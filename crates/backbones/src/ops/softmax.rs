@@ -1,11 +1,10 @@
 //! Softmax over the last dim as one custom op.
 
 use super::cpu::{
-    assume_init, cpu_tensor, filled_vec, rows_and_len, storage_f32, task_rows, with_f32,
+    assume_init, cpu_tensor, filled_chunks, rows_and_len, storage_f32, task_rows, with_f32,
 };
 use super::math::{dot_f64, exp_nonpositive, max_f32, sum_f32};
 use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
-use rayon::prelude::*;
 use std::mem::MaybeUninit;
 
 /// Softmax over the last dim; backward `dx = y ⊙ (dy − Σ dy·y)` from the saved output.
@@ -50,17 +49,9 @@ impl CustomOp1 for Softmax {
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
         let x = storage_f32(self.name(), storage, layout)?;
         let (rows, d) = rows_and_len(layout.shape());
-        let fill = |y: &mut [MaybeUninit<f32>]| {
-            if rows > 0 {
-                let step = task_rows(rows, d) * d;
-                y.par_chunks_mut(step)
-                    .zip(x.par_chunks(step))
-                    .for_each(|(y, x)| forward(x, y, d));
-            }
-        };
-        // SAFETY: the chunks (whole rows) of `y` pair with equal chunks of `x`, and `forward`
-        // writes each row; with no rows there is nothing to write.
-        let y = unsafe { filled_vec(x.len(), fill) };
+        let step = task_rows(rows, d) * d;
+        // SAFETY: the chunks are whole rows, and `forward` writes each.
+        let y = unsafe { filled_chunks(x.len(), step, |y, at| forward(&x[at..][..y.len()], y, d)) };
         Ok((CpuStorage::F32(y), layout.shape().clone()))
     }
 
@@ -68,17 +59,13 @@ impl CustomOp1 for Softmax {
         let (rows, d) = rows_and_len(res.shape());
         let dx = with_f32(self.name(), res, |y| {
             with_f32(self.name(), grad_res, |dy| {
-                let fill = |dx: &mut [MaybeUninit<f32>]| {
-                    if rows > 0 {
-                        let step = task_rows(rows, d) * d;
-                        dx.par_chunks_mut(step)
-                            .zip(y.par_chunks(step).zip(dy.par_chunks(step)))
-                            .for_each(|(dx, (y, dy))| backward(y, dy, dx, d));
-                    }
+                let step = task_rows(rows, d) * d;
+                let chunk = |dx: &mut [MaybeUninit<f32>], at: usize| {
+                    let n = dx.len();
+                    backward(&y[at..][..n], &dy[at..][..n], dx, d);
                 };
-                // SAFETY: the chunks (whole rows) of `dx` pair with equal chunks of `y` and
-                // `dy`, and `backward` writes each row; with no rows there is nothing to write.
-                Ok(unsafe { filled_vec(y.len(), fill) })
+                // SAFETY: the chunks are whole rows, and `backward` writes each.
+                Ok(unsafe { filled_chunks(y.len(), step, chunk) })
             })
         })?;
         cpu_tensor(dx, res.shape()).map(Some)
