@@ -6,7 +6,7 @@
 //! Channel `c` of sample `b` is the contiguous plane `x[(b·C + c)·S ..][..S]`; statistics are
 //! parallel over channels, elementwise work over planes, accumulation in f64.
 
-use super::cpu::{assume_init, cpu_tensor, filled_vec, storage_f32, with_f32, write_slice};
+use super::cpu::{assume_init, cpu_tensor, filled_chunks, storage_f32, with_f32, write_slice};
 use super::math::{dot_f64, sum_f64, sum_sq_dev_f64};
 use super::relu;
 use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
@@ -220,16 +220,13 @@ unsafe fn planes_vec(
     s: usize,
     f: impl Fn(&mut [MaybeUninit<f32>], usize, usize) + Sync,
 ) -> Vec<f32> {
-    let fill = |out: &mut [MaybeUninit<f32>]| {
-        if s > 0 {
-            out.par_chunks_mut(s)
-                .enumerate()
-                .for_each(|(i, plane)| f(plane, i, i % c));
-        }
+    let plane = |out: &mut [MaybeUninit<f32>], at: usize| {
+        let i = at / s.max(1);
+        f(out, i, i % c);
     };
-    // SAFETY: the planes cover `out` (len = B·C·S; nothing when S = 0) and the caller
+    // SAFETY: the chunks are the `[S]` planes (len = B·C·S; none when S = 0), and the caller
     // guarantees `f` writes each whole.
-    unsafe { filled_vec(len, fill) }
+    unsafe { filled_chunks(len, s, plane) }
 }
 
 impl CustomOp3 for BatchNormTrain {
