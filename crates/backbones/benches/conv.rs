@@ -35,10 +35,13 @@ fn product_backward(dy: &Tensor) -> Result<f64> {
 }
 
 fn main() -> Result<()> {
-    let b: usize = std::env::var("CONV_BATCH")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(250);
+    let b: usize = match std::env::var("CONV_BATCH") {
+        Ok(v) => match v.parse() {
+            Ok(b) if b > 0 => b,
+            _ => candle_core::bail!("CONV_BATCH={v}: expected a batch size ≥ 1"),
+        },
+        Err(_) => 250,
+    };
     let dev = Device::Cpu;
     println!(
         "| C | O | size | k | s | layers | forward ms | GFLOP/s | input gradient ms | GFLOP/s |"

@@ -408,6 +408,9 @@ mod tests {
             .unwrap();
         let dx = g.get(x.as_tensor()).unwrap().to_vec1::<f32>().unwrap();
         assert_eq!(dx, vec![0.0, 0.0, 7.0, 11.0]);
+        let other = Tensor::zeros(3, DType::F32, &Device::Cpu).unwrap();
+        let err = add_relu(&x, &other).unwrap_err().to_string();
+        assert!(err.contains("add_relu") && err.contains("[3]"), "{err}");
     }
 
     /// The custom ops and their f32 composite fallbacks agree, outputs and input gradients.
