@@ -401,13 +401,14 @@ fn conv_case(rng: &mut StdRng, case: ConvCase) -> (String, [Tensor; 3], (Tensor,
 }
 
 /// The project's conv2d (f32: im2col + GEMM over batch chunks; on output planes ≥ 8×8, per
-/// sample, shifted GEMMs for stride 1 with ≥ 16 channels on planes ≥ 32×32, else unfolded
-/// patches) equals candle's `conv2d` and its backward (computed in f64) in output, input gradient
+/// sample, one GEMM in place for 1×1/1, shifted GEMMs for stride 1 with ≥ 16 channels on planes
+/// ≥ 32×32, else unfolded patches) equals candle's `conv2d` and its backward (computed in f64) in output, input gradient
 /// and weight gradient, for every kernel/stride/padding a ResNet uses (3×3/1, 3×3/2, 1×1/1,
 /// 1×1/2, 7×7/2 pad 3), with few and with ≥ 16 input channels (the input gradient is a fold, or
 /// for stride 1 the adjoint convolution), odd and non-square sizes, each per-sample form with
 /// its input gradient (shifted: a 48×48 plane with 16 channels; unfolded: 64×64 with 2, 16×16
-/// with 16, 9×8 with 17 (1×1); stride 2 onto 48×48, 16×16 and 20×18 planes, 3×3, 1×1 and 7×7),
+/// with 16; stride 2 onto 48×48, 16×16 and 20×18 planes, 3×3, 1×1 and 7×7; in place: a 1×1
+/// stride-1 convolution on a 9×8 plane with 17 channels, and its adjoint),
 /// and im2col over several batch chunks (stride 1 and 2). candle's backward takes the transposed
 /// conv's output padding from the height for both dims, so its input gradient has the wrong
 /// shape when `(h + 2p − k) mod s ≠ (w + 2p − k) mod s`; such shapes are checked in
@@ -431,8 +432,8 @@ fn conv2d_matches_candle_conv2d_and_its_backward() {
         (2, 16, 8, 8, 4, 3, 1, 0),
         (2, 17, 6, 6, 4, 1, 1, 0),
         (2, 16, 48, 48, 4, 3, 1, 1),
-        // Per sample, unfolded: stride 1 on 16×16 and 9×8 planes; stride 2 onto planes of
-        // ≥ 16×16 (3×3, 1×1, a 7×7 stem).
+        // Per sample: unfolded at stride 1 on a 16×16 plane, in place for 1×1/1 on 9×8;
+        // unfolded at stride 2 onto planes of ≥ 16×16 (3×3, 1×1, a 7×7 stem).
         (2, 16, 16, 16, 8, 3, 1, 1),
         (2, 17, 9, 8, 4, 1, 1, 0),
         (3, 4, 96, 96, 4, 3, 2, 1),

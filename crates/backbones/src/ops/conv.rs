@@ -18,6 +18,7 @@
 //! * stride 1, ≥ 16 input channels, planes ≥ 32×32 ([`conv_shifted`]): no unfold at all, `kh·kw`
 //!   GEMMs of the kernel slice `W[:, :, ky, kx]` with the zero-padded input shifted by
 //!   `(ky, kx)`; the unfolded matrix (`kh·kw` times the input) would not stay in cache there;
+//! * 1×1, stride 1, no padding ([`conv_pointwise`]): one GEMM on the sample in place;
 //! * otherwise ([`conv_unfolded`]; strided, a stem's 3 channels, 8×8 and 16×16 planes): the
 //!   sample's patches unfolded in cache, then one GEMM with `K = C·kh·kw`; its input gradient
 //!   folds `Wᵀ · dy` sample by sample too ([`input_grad_unfolded`]).
@@ -482,6 +483,21 @@ fn conv_unfolded(x: &[f32], w: &[f32], g: &Geometry) -> Vec<f32> {
     unsafe { filled_vec(g.b * g.o * l, fill) }
 }
 
+/// `y = W · x` per sample for a 1×1, stride-1, unpadded convolution (a bottleneck block's): the
+/// sample `[C, H·W]` is its own patch matrix, so one GEMM per sample reads it in place and writes
+/// the NCHW output, with no copy on either side.
+fn conv_pointwise(x: &[f32], w: &[f32], g: &Geometry) -> Vec<f32> {
+    let l = g.plane();
+    let fill = |y: &mut [MaybeUninit<f32>]| {
+        y.par_chunks_mut(g.o * l)
+            .zip(x.par_chunks(g.c * l))
+            .for_each(|(y, x)| gemm_uninit(y, (g.o, l, g.c), (w, g.c, 1), (x, l, 1)));
+    };
+    // SAFETY: the GEMM writes all `O·L` values of each sample's chunk, and the B chunks cover
+    // the output (the caller has B·O·L > 0, so the chunks are non-empty).
+    unsafe { filled_vec(g.b * g.o * l, fill) }
+}
+
 /// The input gradient of [`conv_unfolded`]'s convolution, sample by sample: `Wᵀ · dy` of the
 /// sample's NCHW output gradient `[O, OH·OW]` as patches `[C·kh·kw, OH·OW]`, folded onto `dx`.
 fn input_grad_unfolded(dy: &[f32], w: &[f32], g: &Geometry) -> Vec<f32> {
@@ -559,8 +575,11 @@ fn conv_forward(x: &[f32], ws: &CpuStorage, w_offset: usize, g: &Geometry) -> Re
     let w_l = Layout::contiguous_with_offset((g.o, rows), w_offset);
     if l >= MIN_PER_SAMPLE_PLANE && g.b * g.o * l > 0 {
         let w = f32_slice(ws, &w_l)?;
+        let pointwise = (g.kh, g.kw, g.stride, g.padding) == (1, 1, 1, 0);
         let shifted = g.stride == 1 && g.c >= MIN_SHIFTED_CHANNELS && l >= MIN_SHIFTED_PLANE;
-        return Ok(if shifted {
+        return Ok(if pointwise {
+            conv_pointwise(x, w, g)
+        } else if shifted {
             conv_shifted(x, w, g)
         } else {
             conv_unfolded(x, w, g)
