@@ -6,7 +6,9 @@
 //! is applied over all `n · r` mixed positions.
 
 use crate::error::{AugmentError, Result};
-use crate::loss::{dense_multimix_fused, fused, soft_cross_entropy};
+use crate::loss::{
+    attention_host, dense_multimix_fused, fused, gap_query_host, soft_cross_entropy,
+};
 use candle_core::{Tensor, D};
 
 /// The `ε` of the per-position normalization `ξ̂ = ξ / (Σ_i ξ + ε)` and of `relu-l1`.
@@ -43,10 +45,15 @@ parse_kebab!(AttnNorm, "attention normalization", "softmax" => AttnNorm::Softmax
 
 /// The `gap` query: the mean over positions of `Z` `[b, r, d]`, giving `[b, d]`.
 ///
-/// Computed as the batched product `(1/r)·1ᵀ Z_i` (gemm), not as candle's reduction over a
-/// middle dimension, which is strided and an order of magnitude slower on the CPU.
+/// Untracked f32 CPU embeddings (the detached attention's) are averaged on the host; otherwise
+/// this is the batched product `(1/r)·1ᵀ Z_i` (gemm), which has a backward, not candle's
+/// reduction over a middle dimension, which is strided and an order of magnitude slower on the
+/// CPU.
 pub fn gap_query(z: &Tensor) -> Result<Tensor> {
     let (b, r, _) = z.dims3()?;
+    if untracked_host(&[z]) {
+        return Ok(gap_query_host(z)?);
+    }
     let weights = Tensor::full(1.0 / r as f64, (1, 1, r), z.device())?
         .to_dtype(z.dtype())?
         .broadcast_as((b, 1, r))?;
@@ -60,6 +67,9 @@ pub fn cam_query(head_weight: &Tensor, labels: &Tensor) -> Result<Tensor> {
 
 /// Attention `A` `[b, r]`, `a_i = h(Z_i u_i)` for dense embeddings `Z` `[b, r, d]` and queries
 /// `U` `[b, d]`; `None` gives uniform attention (all ones).
+///
+/// With neither `Z` nor `U` tracked (the detached default) and both f32 on the CPU, one host
+/// pass per example; otherwise candle ops, through which the gradient flows.
 pub fn attention(z: &Tensor, query: Option<&Tensor>, norm: AttnNorm) -> Result<Tensor> {
     let (b, r, d) = z.dims3()?;
     let Some(u) = query else {
@@ -71,6 +81,10 @@ pub fn attention(z: &Tensor, query: Option<&Tensor>, norm: AttnNorm) -> Result<T
             u.dims(),
             z.dims()
         )));
+    }
+    if untracked_host(&[z, u]) {
+        let softmax = norm == AttnNorm::Softmax;
+        return Ok(attention_host(z, u, softmax, DENSE_EPS)?);
     }
     // Scores s_ij = Z_ij · u_i.
     let scores = z.matmul(&u.unsqueeze(2)?)?.squeeze(2)?;
@@ -85,6 +99,12 @@ pub fn attention(z: &Tensor, query: Option<&Tensor>, norm: AttnNorm) -> Result<T
             p.broadcast_div(&(p.sum_keepdim(D::Minus1)? + DENSE_EPS)?)?
         }
     })
+}
+
+/// True when the host kernels apply: every tensor is a non-empty f32 CPU tensor that needs no
+/// gradient.
+fn untracked_host(tensors: &[&Tensor]) -> bool {
+    fused(tensors) && tensors.iter().all(|t| !t.track_op() && t.elem_count() > 0)
 }
 
 /// Dense interpolation weights `ξ̂` `[r, n, b]` from `Λ` `[n, b]` and `A` `[b, r]`:

@@ -1,6 +1,7 @@
 //! The fused losses of MultiMix and dense MultiMix (one custom op each) against their candle
 //! compositions (mix, then `soft_cross_entropy`, candle's autograd) in loss and gradients, and
-//! against central finite differences; and the parallel Dirichlet sampler's determinism.
+//! against central finite differences; the host attention against its composition; and the
+//! parallel Dirichlet sampler's determinism.
 
 use candle_core::{DType, Device, Tensor, Var};
 use multimix_augment::dense::{
@@ -110,9 +111,10 @@ fn fused_dense_loss_equals_composite() {
         (9, 6, 4, 3, 5, Some(2)),
         (40, 16, 16, 10, 8, None),
         (200, 32, 9, 100, 6, Some(5)),
-        // At least 4 examples per class: spiked targets mixed by one product per class.
         (50, 64, 8, 4, 5, None),
         (30, 40, 3, 10, 4, Some(7)),
+        // 49 positions: the spikes' register blocks of 32, 8 and 1 positions.
+        (20, 24, 49, 5, 4, None),
     ] {
         let lambda = sample_lambda(n, b, m, &mut rng);
         let z = Var::from_tensor(&uniform(&mut rng, &[b, r, d], 2.0)).unwrap();
@@ -295,6 +297,37 @@ fn gap_query_is_the_mean_over_positions() {
     let g_gap = (gap * &w).unwrap().sum_all().unwrap().backward().unwrap();
     let g_mean = (mean * &w).unwrap().sum_all().unwrap().backward().unwrap();
     assert!(rel_diff(g_gap.get(&z).unwrap(), g_mean.get(&z).unwrap()) < 1e-6);
+}
+
+/// The host attention of untracked embeddings (the detached default) equals candle's composition
+/// (which a tracked input takes), for the gap query and a query of other directions, softmax and
+/// relu-l1 (whose all-negative rows give all-zero attention), and odd sizes (SIMD tails).
+#[test]
+fn host_attention_equals_composite() {
+    let mut rng = ChaCha8Rng::seed_from_u64(6);
+    for (b, r, d) in [(1, 1, 1), (3, 5, 7), (8, 16, 96), (4, 49, 33)] {
+        let z = Var::from_tensor(&uniform(&mut rng, &[b, r, d], 2.0)).unwrap();
+        let zd = z.as_tensor().detach();
+        let gap = gap_query(&zd).unwrap();
+        assert!(
+            rel_diff(&gap, &gap_query(&z).unwrap()) < 1e-6,
+            "gap, b {b} r {r} d {d}"
+        );
+        let other = uniform(&mut rng, &[b, d], 1.0);
+        for norm in [AttnNorm::Softmax, AttnNorm::ReluL1] {
+            for (name, u) in [
+                ("gap", &gap),
+                ("other", &other),
+                ("negated", &other.neg().unwrap()),
+            ] {
+                let host = attention(&zd, Some(u), norm).unwrap();
+                let composite = attention(&z, Some(u), norm).unwrap();
+                let ctx = format!("b {b} r {r} d {d} {name} {norm:?}");
+                assert!(rel_diff(&host, &composite) < 1e-6, "{ctx}");
+                assert!(!host.track_op(), "{ctx}");
+            }
+        }
+    }
 }
 
 /// The parallel sampler gives the same Λ for the same seed whatever the number of threads, and

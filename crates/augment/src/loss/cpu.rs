@@ -9,7 +9,7 @@ const MIN_TASK_ELEMS: usize = 8 * 1024;
 /// Parallel tasks per rayon thread, so a busy core does not stall the others.
 const TASKS_PER_THREAD: usize = 8;
 /// Independent accumulators of the reductions: enough for the compiler to vectorize the loop.
-const LANES: usize = 8;
+pub(super) const LANES: usize = 8;
 
 /// Rows per parallel task for `rows` rows of `row_len` elements (at least 1).
 pub(super) fn task_rows(rows: usize, row_len: usize) -> usize {
@@ -109,26 +109,53 @@ impl<'a> Mat<'a> {
 /// `dst = a · b` into a contiguous row-major `dst` of `[a.rows, b.cols]` (the gemm crate, as
 /// candle's CPU matmul, rayon-parallel when there is more than one thread).
 pub(super) fn matmul(a: Mat, b: Mat, dst: &mut [f32]) {
-    assert!(a.cols == b.rows && dst.len() == a.rows * b.cols && a.fits() && b.fits());
-    if dst.is_empty() {
+    assert!(dst.len() == a.rows * b.cols);
+    // SAFETY: `dst` is exclusively borrowed and holds `a.rows · b.cols` elements.
+    unsafe { matmul_raw(a, b, dst.as_mut_ptr()) }
+}
+
+/// `a · b` as a new row-major `[a.rows, b.cols]` vector, written once by the product (not zeroed
+/// first: at the sizes of dense MultiMix, a memset of the product's size).
+pub(super) fn matmul_new(a: Mat, b: Mat) -> Vec<f32> {
+    let len = a.rows * b.cols;
+    let mut dst = Vec::with_capacity(len);
+    // SAFETY: the buffer has room for `len` elements and is not aliased; `matmul_raw` writes all
+    // of them, so the length may then cover them.
+    unsafe {
+        matmul_raw(a, b, dst.as_mut_ptr());
+        dst.set_len(len);
+    }
+    dst
+}
+
+/// `dst = a · b` for a row-major `dst` of `[a.rows, b.cols]`; writes every element of `dst`
+/// and reads none.
+///
+/// # Safety
+/// `dst` must be valid for writes of `a.rows · b.cols` f32 values and not aliased.
+unsafe fn matmul_raw(a: Mat, b: Mat, dst: *mut f32) {
+    assert!(a.cols == b.rows && a.fits() && b.fits());
+    if a.rows == 0 || b.cols == 0 {
         return;
     }
     if a.cols == 0 {
-        dst.fill(0.0);
+        // SAFETY: the caller guarantees room for the `a.rows · b.cols` elements.
+        unsafe { std::ptr::write_bytes(dst, 0, a.rows * b.cols) };
         return;
     }
     let parallelism = match rayon::current_num_threads() {
         1 => gemm::Parallelism::None,
         t => gemm::Parallelism::Rayon(t),
     };
-    // SAFETY: the asserts above keep every element read of `a` and `b` inside their slices and
-    // every element written inside `dst` (contiguous, exclusively borrowed); `read_dst = false`.
+    // SAFETY: the assert above keeps every element read of `a` and `b` inside their slices; the
+    // caller guarantees `dst` for every element written; `read_dst = false`, so gemm writes each
+    // element of `dst` without reading it.
     unsafe {
         gemm::gemm(
             a.rows,
             b.cols,
             a.cols,
-            dst.as_mut_ptr(),
+            dst,
             1,
             b.cols as isize,
             false,
@@ -145,14 +172,6 @@ pub(super) fn matmul(a: Mat, b: Mat, dst: &mut [f32]) {
             false,
             parallelism,
         );
-    }
-}
-
-/// `y += a·x`.
-#[inline(always)]
-pub(super) fn axpy(y: &mut [f32], a: f32, x: &[f32]) {
-    for (y, &x) in y.iter_mut().zip(x) {
-        *y += a * x;
     }
 }
 

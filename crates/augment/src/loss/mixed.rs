@@ -6,7 +6,7 @@
 //! rayon-parallel over tuples. Targets that are one-hot (label-smoothed or not) are mixed in
 //! `O(b)` per tuple (and position) instead of a product over the classes.
 
-use super::cpu::{axpy, dot_shifted_f64, exp_nonpositive, exp_shifted, matmul, max_f32};
+use super::cpu::{dot_shifted_f64, exp_nonpositive, exp_shifted, matmul, matmul_new, max_f32};
 use super::cpu::{storage_f32, sum_f64};
 use super::cpu::{with_f32, Mat, SpikedRows};
 use crate::math::ln_positive;
@@ -190,9 +190,12 @@ pub(super) enum DenseTargets {
 /// the class-major layout `[c, r]`.
 #[derive(Default)]
 struct DenseSaved {
-    /// `H_kp = ∂loss/∂L̃_kp / den_kp` `[n, c, r]`.
+    /// `H_kp = ∂loss/∂L̃_kp / den_kp`: the first `c·r` entries (`[c, r]`) of each of the `n` rows
+    /// of `w` entries.
     h: Vec<f32>,
-    /// `s_kp = H_kp · L̃_kp` `[n, r]`.
+    /// The row length of `h`.
+    w: usize,
+    /// `s_kp = H_kp · L̃_kp` `[n, r]` (zeros when the attention is not tracked).
     s: Vec<f32>,
 }
 
@@ -213,6 +216,8 @@ pub(super) struct DenseMultiMixCe {
     targets: DenseTargets,
     /// `ε` of the per-position normalization.
     eps: f32,
+    /// Whether the attention gets a gradient (then the forward pass keeps `s`).
+    track_attn: bool,
     /// Written by the forward pass for the backward pass.
     saved: Mutex<DenseSaved>,
 }
@@ -246,7 +251,8 @@ macro_rules! by_blocks {
     }};
 }
 
-/// Positions `p0..p0 + W` of [`dense_tuple`]; returns their summed loss.
+/// Positions `p0..p0 + W` of [`dense_tuple`]; adds position `p0 + q`'s loss to `total[q]`.
+/// Writes `s` only when it is not empty (the attention is tracked).
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
 fn tuple_block<const W: usize>(
@@ -258,7 +264,8 @@ fn tuple_block<const W: usize>(
     r: usize,
     p0: usize,
     scale: f32,
-) -> f64 {
+    total: &mut [f64; BLOCK],
+) {
     let c = h.len() / r;
     let at = |j: usize| j * r + p0..j * r + p0 + W;
     let max = |a: f32, b: f32| if a > b { a } else { b };
@@ -269,51 +276,65 @@ fn tuple_block<const W: usize>(
     }
     let mut mx = [f32::NEG_INFINITY; W];
     for j in 0..c {
-        let (x, l) = (&h[at(j)], &mut lx[at(j)]);
+        let x = &h[at(j)];
         for q in 0..W {
-            l[q] = x[q] * inv[q];
-            mx[q] = max(mx[q], l[q]);
+            mx[q] = max(mx[q], x[q] * inv[q]);
         }
     }
-    let (mut se, mut sy, mut dot) = ([0.0f32; W], [0.0f32; W], [0.0f32; W]);
+    // Σ_c of the target numerators, and of them times the shifted logits.
+    let (mut se, mut st, mut dot) = ([0.0f32; W], [0.0f32; W], [0.0f32; W]);
+    let with_s = !s.is_empty();
     // `h` holds exp(L̃ − max) until it is overwritten below.
     for j in 0..c {
-        let (l, t, e) = (&lx[at(j)], &tnum[at(j)], &mut h[at(j)]);
+        let (t, e) = (&tnum[at(j)], &mut h[at(j)]);
+        let mut l = [0.0f32; W];
         for q in 0..W {
+            l[q] = e[q] * inv[q];
             let shifted = l[q] - mx[q];
             e[q] = exp_nonpositive(shifted);
             se[q] += e[q];
-            let y = t[q] * inv[q];
-            sy[q] += y;
-            dot[q] += y * shifted;
+            st[q] += t[q];
+            dot[q] += t[q] * shifted;
+        }
+        if with_s {
+            lx[at(j)].copy_from_slice(&l);
         }
     }
-    // Loss per position: Σ_c ỹ·(lse − l̃) = ln(Σ e)·Σ ỹ − Σ ỹ·(l̃ − max).
-    let mut total = 0.0f64;
-    let mut ratio = [0.0f32; W];
+    // Loss per position, with ỹ = t/den: Σ_c ỹ·(lse − l̃) = ln(Σ e)·Σ ỹ − Σ ỹ·(l̃ − max);
+    // H = scale·(softmax·Σ ỹ − ỹ)/den = e·α − t·β.
+    let (mut loss, mut alpha, mut beta) = ([0.0f32; W], [0.0f32; W], [0.0f32; W]);
     for q in 0..W {
-        total += f64::from(ln_positive(se[q]) * sy[q] - dot[q]);
-        ratio[q] = sy[q] / se[q];
+        loss[q] = (ln_positive(se[q]) * st[q] - dot[q]) * inv[q];
+        beta[q] = scale * inv[q] * inv[q];
+        alpha[q] = beta[q] * st[q] / se[q];
     }
-    let mut acc = [0.0f32; W];
+    for q in 0..W {
+        total[q] += f64::from(loss[q]);
+    }
     for j in 0..c {
-        let (l, t, h) = (&lx[at(j)], &tnum[at(j)], &mut h[at(j)]);
+        let (t, h) = (&tnum[at(j)], &mut h[at(j)]);
         for q in 0..W {
-            let g = scale * (h[q] * ratio[q] - t[q] * inv[q]);
-            h[q] = g * inv[q];
-            acc[q] += h[q] * l[q];
+            h[q] = h[q] * alpha[q] - t[q] * beta[q];
         }
     }
-    s[p0..p0 + W].copy_from_slice(&acc);
-    total
+    if with_s {
+        let mut acc = [0.0f32; W];
+        for j in 0..c {
+            let (l, h) = (&lx[at(j)], &h[at(j)]);
+            for q in 0..W {
+                acc[q] += h[q] * l[q];
+            }
+        }
+        s[p0..p0 + W].copy_from_slice(&acc);
+    }
 }
 
 simd_kernel! {
     /// One tuple `k` of dense MultiMix, class-major: `h` `[c, r]` holds the numerators of the
     /// mixed logits on entry, `tnum` `[c, r]` those of the targets, `den` `[r]` the normalizers.
     /// Returns the loss summed over the `r` positions and overwrites
-    /// `h = scale·(softmax(L̃)·Σ_c Ỹ − Ỹ) / den`; writes `s = Σ_c h·L̃` `[r]`.
-    /// `lx` `[c, r]` is scratch.
+    /// `h = scale·(softmax(L̃)·Σ_c Ỹ − Ỹ) / den`; writes `s = Σ_c h·L̃` `[r]` unless `s` is
+    /// empty. `lx` `[c, r]` is scratch (used only for `s`).
     fn dense_tuple(
         h: &mut [f32],
         tnum: &[f32],
@@ -323,98 +344,138 @@ simd_kernel! {
         scale: f32,
     ) -> f64 {
         let r = den.len();
-        let mut total = 0.0;
-        by_blocks!(r, |W, p0| total += tuple_block::<W>(h, tnum, den, s, lx, r, p0, scale));
-        total
+        // Per-lane sums of the positions' losses.
+        let mut total = [0.0f64; BLOCK];
+        by_blocks!(r, |W, p0| tuple_block::<W>(h, tnum, den, s, lx, r, p0, scale, &mut total));
+        total.iter().sum()
     }
 }
 
+/// Examples per parallel task of dense MultiMix's backward pass.
+const EXAMPLES_PER_TASK: usize = 8;
+
 simd_kernel! {
-    /// The target numerators of tuple `k` for spiked targets, class-major `[c, r]`:
-    /// `tnum_jp = base_p + Σ_{i: class_i = j} λ_ki spike_i a_ip`.
-    fn spiked_tuple(lambda: &[f32], attn: &[f32], y: &SpikedRows, base: &[f32], tnum: &mut [f32]) {
-        let r = base.len();
-        for t in tnum.chunks_exact_mut(r) {
-            t.copy_from_slice(base);
+    /// One example's gradients from `q = (Λᵀ H)_i` (`[c, r]`, class-major): `dz = γ·a ⊙ q`
+    /// (`[r, c]`), and, unless `da` is empty, `da = γ·(Σ_c q ⊙ z − da)` with `(Λᵀ s)_i` in `da`
+    /// on entry.
+    fn example_grads(q: &[f32], a: &[f32], z: &[f32], dz: &mut [f32], da: &mut [f32], gamma: f32) {
+        let c = q.len() / a.len();
+        for (j, q) in q.chunks_exact(a.len()).enumerate() {
+            let column = dz.iter_mut().skip(j).step_by(c);
+            for ((dz, &q), &a) in column.zip(q).zip(a) {
+                *dz = gamma * a * q;
+            }
         }
-        let examples = lambda.iter().zip(attn.chunks_exact(r));
-        for ((&l, a), (&sp, &j)) in examples.zip(y.spike.iter().zip(&y.class)) {
-            axpy(&mut tnum[j * r..(j + 1) * r], l * sp, a);
+        if da.is_empty() {
+            return;
+        }
+        let mut qz = vec![0.0f32; a.len()];
+        for (j, q) in q.chunks_exact(a.len()).enumerate() {
+            let column = z.iter().skip(j).step_by(c);
+            for ((qz, &q), &z) in qz.iter_mut().zip(q).zip(column) {
+                *qz += q * z;
+            }
+        }
+        for (da, &qz) in da.iter_mut().zip(&qz) {
+            *da = gamma * (qz - *da);
         }
     }
 }
 
+/// Spiked targets in the order of their classes, for [`spiked_tuple`].
+struct SortedSpikes {
+    /// The examples, ordered by the class of their spike (`[b]`).
+    order: Vec<usize>,
+    /// Where each class's examples start in `order`, and the end (`[c + 1]`).
+    starts: Vec<usize>,
+    /// `spike_i · a_i` `[b, r]`, rows in `order`.
+    spiked_attn: Vec<f32>,
+}
+
+impl SortedSpikes {
+    /// The spikes of `y` for attention `a` `[b, r]` and `c` classes.
+    fn new(y: &SpikedRows, a: &[f32], r: usize, c: usize) -> Self {
+        let mut order: Vec<usize> = (0..y.class.len()).collect();
+        order.sort_by_key(|&i| y.class[i]);
+        let mut starts = vec![0; c + 1];
+        for &class in &y.class {
+            starts[class + 1] += 1;
+        }
+        for j in 0..c {
+            starts[j + 1] += starts[j];
+        }
+        let spiked_attn = order
+            .iter()
+            .flat_map(|&i| a[i * r..(i + 1) * r].iter().map(move |&a| a * y.spike[i]))
+            .collect();
+        Self {
+            order,
+            starts,
+            spiked_attn,
+        }
+    }
+}
+
+/// Positions `p0..p0 + W` of [`spiked_tuple`]'s class `j`: `t = base + Σ_i lambda_i · sa_i`
+/// over the class's examples, accumulated in registers.
+#[inline(always)]
+fn spike_block<const W: usize>(lambda: &[f32], sa: &[f32], r: usize, p0: usize, t: &mut [f32]) {
+    let mut acc = [0.0f32; W];
+    acc.copy_from_slice(&t[p0..p0 + W]);
+    for (i, &l) in lambda.iter().enumerate() {
+        let row = &sa[i * r + p0..i * r + p0 + W];
+        for q in 0..W {
+            acc[q] += l * row[q];
+        }
+    }
+    t[p0..p0 + W].copy_from_slice(&acc);
+}
+
+/// Positions per register block of [`spiked_tuple`] (four AVX2 registers of f32).
+const SPIKE_BLOCK: usize = 32;
+
 simd_kernel! {
-    /// The target numerators of tuple `k` from per-class spikes, class-major `[c, r]`:
-    /// `tnum_jp = base_p + spikes_jp`, with class `j` of the spikes at `spikes[j·stride..]`.
-    fn tuple_from_class_spikes(spikes: &[f32], stride: usize, base: &[f32], tnum: &mut [f32]) {
+    /// The target numerators of one tuple for spiked targets, class-major `[c, r]`:
+    /// `tnum_jp = base_p + Σ_{i: class_i = j} λ_i spike_i a_ip`, with `lambda` the tuple's
+    /// weights in the order of `y` and `base` `[r]` the constant part.
+    fn spiked_tuple(lambda: &[f32], y: &SortedSpikes, base: &[f32], tnum: &mut [f32]) {
         let r = base.len();
         for (j, t) in tnum.chunks_exact_mut(r).enumerate() {
-            let sp = &spikes[j * stride..j * stride + r];
-            for ((t, &b), &sp) in t.iter_mut().zip(base).zip(sp) {
-                *t = b + sp;
+            t.copy_from_slice(base);
+            let (start, end) = (y.starts[j], y.starts[j + 1]);
+            let (lambda, sa) = (&lambda[start..end], &y.spiked_attn[start * r..end * r]);
+            let mut p = 0;
+            while p + SPIKE_BLOCK <= r {
+                spike_block::<SPIKE_BLOCK>(lambda, sa, r, p, t);
+                p += SPIKE_BLOCK;
+            }
+            while p + BLOCK <= r {
+                spike_block::<BLOCK>(lambda, sa, r, p, t);
+                p += BLOCK;
+            }
+            while p < r {
+                spike_block::<1>(lambda, sa, r, p, t);
+                p += 1;
             }
         }
     }
 }
 
-/// The spike parts of spiked targets' numerators, `[c, n, r]`:
-/// `spikes_jkp = Σ_{i: class_i = j} λ_ki spike_i a_ip`, one product per class over its examples
-/// (worth it when the classes have several examples each; else [`spiked_tuple`] per tuple).
-fn class_spikes(lambda: &[f32], n: usize, attn: &[f32], y: &SpikedRows, c: usize) -> Vec<f32> {
-    let b = y.class.len();
-    let r = attn.len() / b.max(1);
-    let mut order: Vec<usize> = (0..b).collect();
-    order.sort_by_key(|&i| y.class[i]);
-    // Λ with its columns, and spike ⊙ A with its rows, ordered by class.
-    let lambda_by_class: Vec<f32> = lambda
-        .chunks_exact(b)
-        .flat_map(|l| order.iter().map(move |&i| l[i]))
-        .collect();
-    let spiked_attn: Vec<f32> = order
-        .iter()
-        .flat_map(|&i| {
-            attn[i * r..(i + 1) * r]
-                .iter()
-                .map(move |&a| a * y.spike[i])
-        })
-        .collect();
-    let mut spikes = vec![0.0f32; c * n * r];
-    let mut start = 0;
-    for (j, out) in spikes.chunks_exact_mut(n * r).enumerate() {
-        let end = start
-            + order[start..]
-                .iter()
-                .take_while(|&&i| y.class[i] == j)
-                .count();
-        if end > start {
-            let lhs = Mat {
-                data: &lambda_by_class[start..],
-                rows: n,
-                cols: end - start,
-                rs: b,
-                cs: 1,
-            };
-            let rhs = Mat::row_major(&spiked_attn[start * r..end * r], end - start, r);
-            matmul(lhs, rhs, out);
-        }
-        start = end;
-    }
-    spikes
-}
-
-/// Spiked targets go through [`class_spikes`] when the classes have at least this many examples
-/// of the batch on average.
-const MIN_EXAMPLES_PER_CLASS: usize = 4;
-
 impl DenseMultiMixCe {
     /// The op for `Λ` `[n, b]` (row-major), the targets and the normalization's `ε`.
-    pub(super) fn new(lambda: Vec<f32>, b: usize, targets: DenseTargets, eps: f32) -> Self {
+    pub(super) fn new(
+        lambda: Vec<f32>,
+        b: usize,
+        targets: DenseTargets,
+        eps: f32,
+        track_attn: bool,
+    ) -> Self {
         Self {
             lambda,
             b,
             targets,
             eps,
+            track_attn,
             saved: Mutex::new(DenseSaved::default()),
         }
     }
@@ -424,36 +485,39 @@ impl DenseMultiMixCe {
     }
 }
 
-/// The target numerators of dense MultiMix: per tuple from spiked targets, or all at once.
-enum TargetNums {
-    /// Computed per tuple ([`spiked_tuple`]).
-    Spiked(SpikedRows),
-    /// From the spike parts `[c, n, r]` ([`class_spikes`]), completed per tuple.
-    ByClass(Vec<f32>),
-    /// `Λ (A ⊙ Y)` `[n, c, r]`.
-    Mixed(Vec<f32>),
+/// Each example's row `[w]` of the right-hand side of dense MultiMix's one product, all
+/// class-major: `a ⊙ Z` (`[c, r]`), `a` (`[r]`), then `off·a` (`[r]`, or nothing when `out` has
+/// no room for it) for spiked targets or `a ⊙ Y` (`[c, r]`) otherwise. `z` `[r, c]`, `a` `[r]`;
+/// `y` `[c]` or `[r, c]`.
+fn rhs_row(z: &[f32], a: &[f32], targets: RowTargets, out: &mut [f32]) {
+    let (r, c) = (a.len(), z.len() / a.len().max(1));
+    let (az, rest) = out.split_at_mut(c * r);
+    let (den, rest) = rest.split_at_mut(r);
+    let class_major = |v: &dyn Fn(usize, usize) -> f32, out: &mut [f32]| {
+        for (j, o) in out.chunks_exact_mut(r).enumerate() {
+            for (p, (o, &a)) in o.iter_mut().zip(a).enumerate() {
+                *o = a * v(p, j);
+            }
+        }
+    };
+    class_major(&|p, j| z[p * c + j], az);
+    den.copy_from_slice(a);
+    match targets {
+        RowTargets::Off(off) => rest.iter_mut().zip(a).for_each(|(o, &a)| *o = off * a),
+        RowTargets::PerExample(y) => class_major(&|_, j| y[j], rest),
+        RowTargets::PerPosition(y) => class_major(&|p, j| y[p * c + j], rest),
+    }
 }
 
-/// `out[i, j, p] = a[i, p] · v[i, p, j]` (`[b, c, r]`, class-major) for `v` `[b, r, c]`, or
-/// `v[i, j]` when `per_position` is false (`[b, c]`).
-fn weighted_class_major(a: &[f32], v: &[f32], r: usize, c: usize, per_position: bool) -> Vec<f32> {
-    let mut out = vec![0.0f32; a.len() * c];
-    out.par_chunks_mut(c * r)
-        .zip(a.par_chunks(r))
-        .enumerate()
-        .for_each(|(i, (o, a))| {
-            for (j, o) in o.chunks_exact_mut(r).enumerate() {
-                for (p, (o, &a)) in o.iter_mut().zip(a).enumerate() {
-                    let v = if per_position {
-                        v[(i * r + p) * c + j]
-                    } else {
-                        v[i * c + j]
-                    };
-                    *o = a * v;
-                }
-            }
-        });
-    out
+/// One example's targets in [`rhs_row`].
+#[derive(Clone, Copy)]
+enum RowTargets<'a> {
+    /// The constant of a spiked row (its spike is mixed per tuple, [`spiked_tuple`]).
+    Off(f32),
+    /// `[c]`, shared by the positions.
+    PerExample(&'a [f32]),
+    /// `[r, c]`.
+    PerPosition(&'a [f32]),
 }
 
 impl CustomOp2 for DenseMultiMixCe {
@@ -484,91 +548,90 @@ impl CustomOp2 for DenseMultiMixCe {
                 l2.dims()
             )));
         }
-        let lambda = Mat::row_major(&self.lambda, n, b);
-        let (cr, t) = (c * r, TUPLES_PER_TASK);
-        // num = Λ (A ⊙ Z), class-major per tuple.
-        let mut num = vec![0.0f32; n * cr];
-        let weighted = weighted_class_major(a, z, r, c, true);
-        matmul(lambda, Mat::row_major(&weighted, b, cr), &mut num);
-        // Target numerators Λ (A ⊙ Y): for spiked targets den and their constant part from one
-        // product, Λ [A | off ⊙ A], and the spikes in O(n·b·r) (per tuple, or one product per
-        // class when classes have several examples); else one product over all classes.
+        // One product Λ [A ⊙ Z | A | targets' part] (rhs_row) gives, per tuple, the numerators
+        // of the mixed logits, the normalizers and the targets' numerators (for spiked targets
+        // their constant part; the spikes are added per tuple in O(b·r), spiked_tuple).
         let spiked = match &self.targets {
             DenseTargets::PerExample(y) => SpikedRows::detect(y, c),
             DenseTargets::PerPosition(_) => None,
         };
-        let (den_base, tnum) = match (spiked, &self.targets) {
-            (Some(y), _) => {
-                let mut rhs = vec![0.0f32; b * 2 * r];
-                let rows = rhs.chunks_exact_mut(2 * r).zip(a.chunks_exact(r));
-                for ((rhs, a), &off) in rows.zip(&y.off) {
-                    rhs[..r].copy_from_slice(a);
-                    rhs[r..].iter_mut().zip(a).for_each(|(o, &a)| *o = off * a);
-                }
-                let mut den_base = vec![0.0f32; n * 2 * r];
-                matmul(lambda, Mat::row_major(&rhs, b, 2 * r), &mut den_base);
-                if b >= MIN_EXAMPLES_PER_CLASS * c {
-                    let spikes = class_spikes(&self.lambda, n, a, &y, c);
-                    (den_base, TargetNums::ByClass(spikes))
-                } else {
-                    (den_base, TargetNums::Spiked(y))
-                }
-            }
-            (None, targets) => {
-                let mut den = vec![0.0f32; n * r];
-                matmul(lambda, Mat::row_major(a, b, r), &mut den);
-                let ay = match targets {
-                    DenseTargets::PerExample(y) => weighted_class_major(a, y, r, c, false),
-                    DenseTargets::PerPosition(y) => weighted_class_major(a, y, r, c, true),
+        let cr = c * r;
+        // Targets' columns: the constants of spiked targets (none when they are all 0, as for
+        // one-hot targets without label smoothing), or all of `A ⊙ Y`.
+        let targets_w = match &spiked {
+            Some(y) if y.off.iter().all(|&o| o == 0.0) => 0,
+            Some(_) => r,
+            None => cr,
+        };
+        let w = cr + r + targets_w;
+        let mut rhs = vec![0.0f32; b * w];
+        rhs.par_chunks_mut(w)
+            .zip(z.par_chunks(r * c).zip(a.par_chunks(r)))
+            .enumerate()
+            .for_each(|(i, (out, (z, a)))| {
+                let targets = match (&spiked, &self.targets) {
+                    (Some(y), _) => RowTargets::Off(y.off[i]),
+                    (None, DenseTargets::PerExample(y)) => RowTargets::PerExample(&y[i * c..][..c]),
+                    (None, DenseTargets::PerPosition(y)) => {
+                        RowTargets::PerPosition(&y[i * r * c..][..r * c])
+                    }
                 };
-                let mut tnum = vec![0.0f32; n * cr];
-                matmul(lambda, Mat::row_major(&ay, b, cr), &mut tnum);
-                (den, TargetNums::Mixed(tnum))
-            }
-        };
-        // Per tuple: the normalizers `[r]` (with ε) and the constant part of spiked targets.
-        let dr = match tnum {
-            TargetNums::Mixed(_) => r,
-            TargetNums::Spiked(_) | TargetNums::ByClass(_) => 2 * r,
-        };
+                rhs_row(z, a, targets, out);
+            });
+        let mut num = matmul_new(
+            Mat::row_major(&self.lambda, n, b),
+            Mat::row_major(&rhs, b, w),
+        );
+        let sorted = spiked.map(|y| SortedSpikes::new(&y, a, r, c));
         let scale = 1.0 / (n * r) as f32;
         let mut s = vec![0.0f32; n * r];
-        // `num` becomes H tuple by tuple.
+        let t = TUPLES_PER_TASK;
+        // Each tuple's `[h | den | targets]` row: `h` becomes H in place.
         let total: f64 = num
-            .par_chunks_mut(t * cr)
-            .zip(den_base.par_chunks(t * dr))
+            .par_chunks_mut(t * w)
             .zip(s.par_chunks_mut(t * r))
             .enumerate()
-            .map(|(task, ((h, db), s))| {
-                let mut lx = vec![0.0f32; cr];
+            .map(|(task, (rows, s))| {
+                let mut lx = vec![0.0f32; if self.track_attn { cr } else { 0 }];
                 let mut den = vec![0.0f32; r];
-                let mut own_tnum = vec![0.0f32; if dr == r { 0 } else { cr }];
-                let tuples = h.chunks_exact_mut(cr).zip(db.chunks_exact(dr));
+                let (mut own_tnum, mut lambda) = match &sorted {
+                    Some(_) => (vec![0.0f32; cr], vec![0.0f32; b]),
+                    None => (Vec::new(), Vec::new()),
+                };
+                // The constant part of spiked targets when it has no columns.
+                let zeros = vec![0.0f32; if targets_w == 0 { r } else { 0 }];
                 let mut total = 0.0;
-                for (i, ((h, db), s)) in tuples.zip(s.chunks_exact_mut(r)).enumerate() {
-                    let k = task * t + i;
+                for (i, (row, s)) in rows
+                    .chunks_exact_mut(w)
+                    .zip(s.chunks_exact_mut(r))
+                    .enumerate()
+                {
+                    let (h, rest) = row.split_at_mut(cr);
+                    let (den_row, targets) = rest.split_at(r);
                     den.iter_mut()
-                        .zip(&db[..r])
+                        .zip(den_row)
                         .for_each(|(d, &v)| *d = v + self.eps);
-                    let tn = match &tnum {
-                        TargetNums::Mixed(tnum) => &tnum[k * cr..(k + 1) * cr],
-                        TargetNums::Spiked(y) => {
-                            let l = &self.lambda[k * b..(k + 1) * b];
-                            spiked_tuple(l, a, y, &db[r..], &mut own_tnum);
-                            &own_tnum[..]
-                        }
-                        TargetNums::ByClass(spikes) => {
-                            let (spikes, stride) = (&spikes[k * r..], n * r);
-                            tuple_from_class_spikes(spikes, stride, &db[r..], &mut own_tnum);
+                    let tn = match &sorted {
+                        None => targets,
+                        Some(y) => {
+                            let k = task * t + i;
+                            let weights = &self.lambda[k * b..(k + 1) * b];
+                            lambda
+                                .iter_mut()
+                                .zip(&y.order)
+                                .for_each(|(l, &i)| *l = weights[i]);
+                            let base = if targets_w == 0 { &zeros[..] } else { targets };
+                            spiked_tuple(&lambda, y, base, &mut own_tnum);
                             &own_tnum[..]
                         }
                     };
+                    let s = if self.track_attn { s } else { &mut [] };
                     total += dense_tuple(h, tn, &den, s, &mut lx, scale);
                 }
                 total
             })
             .sum();
-        let saved = DenseSaved { h: num, s };
+        let saved = DenseSaved { h: num, w, s };
         *self
             .saved
             .lock()
@@ -593,10 +656,16 @@ impl CustomOp2 for DenseMultiMixCe {
             .map_err(|_| Error::Msg("poisoned".into()))?;
         let lambda_t = Mat::row_major(&self.lambda, n, b).t();
         // Q = Λᵀ H, `[b, c, r]` (class-major).
-        let mut q = vec![0.0f32; b * c * r];
-        matmul(lambda_t, Mat::row_major(&saved.h, n, c * r), &mut q);
+        let h = Mat {
+            data: &saved.h,
+            rows: n,
+            cols: c * r,
+            rs: saved.w,
+            cs: 1,
+        };
+        let q = matmul_new(lambda_t, h);
         let name = self.name();
-        let track_attn = attn.track_op();
+        let track_attn = self.track_attn;
         let (dz, da) = with_f32(name, attn, |a| {
             with_f32(name, logits, |z| {
                 let mut dz = vec![0.0f32; b * r * c];
@@ -605,21 +674,14 @@ impl CustomOp2 for DenseMultiMixCe {
                 if track_attn {
                     matmul(lambda_t, Mat::row_major(&saved.s, n, r), &mut da);
                 }
+                let da_len = if track_attn { r } else { 0 };
                 dz.par_chunks_mut(r * c)
                     .zip(q.par_chunks(c * r))
                     .zip(a.par_chunks(r).zip(z.par_chunks(r * c)))
                     .zip(da.par_chunks_mut(r))
+                    .with_min_len(EXAMPLES_PER_TASK)
                     .for_each(|(((dz, q), (a, z)), da)| {
-                        let positions = dz.chunks_exact_mut(c).zip(a).zip(da);
-                        for (p, ((dz, &a), da)) in positions.enumerate() {
-                            let mut qz = 0.0f32;
-                            for (j, dz) in dz.iter_mut().enumerate() {
-                                let qv = q[j * r + p];
-                                *dz = gamma * a * qv;
-                                qz += qv * z[p * c + j];
-                            }
-                            *da = gamma * (qz - *da);
-                        }
+                        example_grads(q, a, z, dz, &mut da[..da_len], gamma)
                     });
                 Ok((dz, track_attn.then_some(da)))
             })

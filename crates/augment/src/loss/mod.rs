@@ -6,14 +6,18 @@
 //! a [`candle_core::CustomOp1`]/`2` with a CPU forward and backward for f32 tensors, rayon-parallel
 //! over rows, numerically stable (max subtraction, f64 accumulation of row and batch sums). Any
 //! other dtype or device (f64, bf16, CUDA, Metal) takes an equivalent composition of candle
-//! tensor ops, which has candle's backward.
+//! tensor ops, which has candle's backward. Dense MultiMix's detached attention is computed on
+//! the host the same way (no backward needed).
 
+mod attention;
 mod cpu;
 mod log_softmax;
 mod mixed;
 mod soft_ce;
 
 use candle_core::{DType, Device, Error, Result, Tensor, D};
+
+pub(crate) use attention::{attention_host, gap_query_host};
 
 /// Soft-target cross-entropy H(Y, L) = -mean_rows(sum_c Y * log_softmax(L)) (timm SoftTargetCrossEntropy).
 ///
@@ -90,7 +94,7 @@ pub(crate) fn dense_multimix_fused(
         2 => mixed::DenseTargets::PerExample(values),
         _ => mixed::DenseTargets::PerPosition(values),
     };
-    let op = mixed::DenseMultiMixCe::new(lambda, b, targets, eps as f32);
+    let op = mixed::DenseMultiMixCe::new(lambda, b, targets, eps as f32, attn.track_op());
     logits.contiguous()?.apply_op2(&attn.contiguous()?, op)
 }
 
