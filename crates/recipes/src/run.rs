@@ -20,7 +20,7 @@ pub struct EpochMetrics {
     pub step: usize,
     /// Mean training loss over the epoch.
     pub train_loss: f64,
-    /// Top-1 accuracy on the test split after the epoch.
+    /// Top-1 accuracy on the test split after the epoch (a detection run's test AP50).
     pub test_accuracy: f64,
     /// Learning rate of the epoch's last step.
     pub lr: f64,
@@ -135,8 +135,9 @@ impl RunDir {
     }
 
     /// Write `training_curves.png`: train loss and learning rate (each divided by its maximum,
-    /// named in the legend) and test accuracy, per epoch.
-    pub fn write_curves(&self, metrics: &[EpochMetrics]) -> Result<()> {
+    /// named in the legend) and the test score of [`EpochMetrics::test_accuracy`] under the
+    /// legend `score` (`"test accuracy"`, or `"test AP50"` for a detection run), per epoch.
+    pub fn write_curves(&self, metrics: &[EpochMetrics], score: &str) -> Result<()> {
         let series = |f: fn(&EpochMetrics) -> f64| -> (Vec<(f64, f64)>, f64) {
             let max = metrics.iter().map(f).fold(f64::MIN_POSITIVE, f64::max);
             let points = metrics
@@ -157,7 +158,7 @@ impl RunDir {
             .x_range(1.0, last)
             .y_range(0.0, 1.0)
             .line(format!("train loss / {loss_max:.3}"), loss)
-            .line("test accuracy", accuracy)
+            .line(score, accuracy)
             .line(format!("lr / {lr_max:.2e}"), lr)
             .legend(Legend::LowerLeft);
         let png = figure

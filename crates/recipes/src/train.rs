@@ -622,7 +622,7 @@ impl Trainer {
                 run, model, None, teacher, opt, &self.rng, epoch, step, &metrics, None,
             )?;
             run.write_metrics(&metrics)?;
-            run.write_curves(&metrics)?;
+            run.write_curves(&metrics, "test accuracy")?;
             if control.stop_after_epochs.is_some_and(|k| epoch >= k) {
                 break;
             }

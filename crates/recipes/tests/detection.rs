@@ -305,7 +305,7 @@ fn curve(m: &[multimix_recipes::run::EpochMetrics]) -> Vec<(usize, f64, f64, f64
 }
 
 /// A run stopped after epoch 1 and resumed from its directory ends with the weights, optimizer
-/// state, metrics and report of the run straight through.
+/// state, metrics and report of the run straight through; both write their training curves.
 #[test]
 fn stopped_and_resumed_equals_straight_through() {
     let device = Device::Cpu;
@@ -337,6 +337,10 @@ fn stopped_and_resumed_equals_straight_through() {
     let report = |r: &RunDir| std::fs::read_to_string(r.file("report.json")).unwrap();
     assert_eq!(report(&straight), report(&stopped));
     assert!(report(&stopped).contains("pycocotools"));
+    for run in [&straight, &stopped] {
+        let png = std::fs::read(run.file(multimix_recipes::run::CURVES_PNG)).unwrap();
+        assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n", "{}", run.path().display());
+    }
 }
 
 /// An interrupt (Ctrl-C) mid-epoch saves a checkpoint that resume continues from exactly.

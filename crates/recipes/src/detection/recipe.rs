@@ -633,10 +633,11 @@ impl DetectionTrainer {
 
     /// Train. With `run`, write the run directory as the classification loop does:
     /// `config.toml` and `detection.toml` first, then after every epoch `checkpoint.safetensors`
-    /// (model, head, optimizer, RNG, progress), `model.safetensors` (backbone and `det_head.*`)
-    /// and `metrics.jsonl`, and at the end `report.json` / `report.md` with the COCO APs. With
-    /// `resume`, continue from the run's checkpoint exactly where it stopped (at an epoch's end
-    /// or, after an interrupt, mid-epoch): the same result as a run straight through.
+    /// (model, head, optimizer, RNG, progress), `model.safetensors` (backbone and `det_head.*`),
+    /// `metrics.jsonl` and `training_curves.png` (train loss, test AP50, learning rate), and at
+    /// the end `report.json` / `report.md` with the COCO APs. With `resume`, continue from the
+    /// run's checkpoint exactly where it stopped (at an epoch's end or, after an interrupt,
+    /// mid-epoch): the same result as a run straight through.
     pub fn run(
         mut self,
         run: Option<&RunDir>,
@@ -727,6 +728,7 @@ impl DetectionTrainer {
             if let Some(run) = run {
                 self.save(run, epoch, step, &metrics, None)?;
                 run.write_metrics(&metrics)?;
+                run.write_curves(&metrics, "test AP50")?;
             }
             if control.stop_after_epochs.is_some_and(|k| epoch >= k)
                 && epoch < epochs
