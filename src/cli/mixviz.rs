@@ -6,7 +6,7 @@ use anyhow::{bail, Context, Result};
 use candle_core::{Device, Tensor};
 use clap::Args;
 use multimix::checkpoint::load_model;
-use multimix_augment::dense::{attention, gap_query};
+use multimix_augment::dense::gap_attention;
 use multimix_augment::{AttnNorm, MixMode, MixPlan, Mixup, Pairing};
 use multimix_backbones::Ctx;
 use multimix_data::loader::{epoch_order, make_batch};
@@ -116,7 +116,7 @@ pub fn run(args: MixvizArgs) -> Result<()> {
         if g * g != r {
             bail!("the model's {r} dense positions do not form a square grid");
         }
-        let a = attention(&z, Some(&gap_query(&z)?), AttnNorm::Softmax)?.to_vec2::<f32>()?;
+        let a = gap_attention(&z, AttnNorm::Softmax)?.to_vec2::<f32>()?;
         let tiles = (0..b)
             .map(|i| {
                 let peak = a[i].iter().cloned().fold(0.0, f32::max);

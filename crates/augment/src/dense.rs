@@ -7,7 +7,8 @@
 
 use crate::error::{AugmentError, Result};
 use crate::loss::{
-    attention_host, dense_multimix_fused, fused, gap_query_host, soft_cross_entropy,
+    attention_host, dense_multimix_fused, fused, gap_attention_host, gap_query_host,
+    soft_cross_entropy,
 };
 use candle_core::{Tensor, D};
 
@@ -99,6 +100,19 @@ pub fn attention(z: &Tensor, query: Option<&Tensor>, norm: AttnNorm) -> Result<T
             p.broadcast_div(&(p.sum_keepdim(D::Minus1)? + DENSE_EPS)?)?
         }
     })
+}
+
+/// Attention with the `gap` query (the default), `attention(z, Some(&gap_query(z)?), norm)`.
+///
+/// With `Z` untracked (the detached default) and f32 on the CPU, one host pass per example that
+/// reads its positions from memory once; otherwise candle ops, through which the gradient flows.
+pub fn gap_attention(z: &Tensor, norm: AttnNorm) -> Result<Tensor> {
+    z.dims3()?;
+    if untracked_host(&[z]) {
+        let softmax = norm == AttnNorm::Softmax;
+        return Ok(gap_attention_host(z, softmax, DENSE_EPS)?);
+    }
+    attention(z, Some(&gap_query(z)?), norm)
 }
 
 /// True when the host kernels apply: every tensor is a non-empty f32 CPU tensor that needs no

@@ -5,7 +5,8 @@
 
 use candle_core::{DType, Device, Tensor, Var};
 use multimix_augment::dense::{
-    attention, dense_multimix_loss, gap_query, mix_dense_factored, mix_dense_targets_factored,
+    attention, dense_multimix_loss, gap_attention, gap_query, mix_dense_factored,
+    mix_dense_targets_factored,
 };
 use multimix_augment::loss::soft_cross_entropy;
 use multimix_augment::multimix::{mix_rows, multimix_loss};
@@ -300,8 +301,9 @@ fn gap_query_is_the_mean_over_positions() {
 }
 
 /// The host attention of untracked embeddings (the detached default) equals candle's composition
-/// (which a tracked input takes), for the gap query and a query of other directions, softmax and
-/// relu-l1 (whose all-negative rows give all-zero attention), and odd sizes (SIMD tails).
+/// (which a tracked input takes), for the gap query (also fused, `gap_attention`) and a query of
+/// other directions, softmax and relu-l1 (whose all-negative rows give all-zero attention), and
+/// odd sizes (SIMD tails).
 #[test]
 fn host_attention_equals_composite() {
     let mut rng = ChaCha8Rng::seed_from_u64(6);
@@ -315,6 +317,12 @@ fn host_attention_equals_composite() {
         );
         let other = uniform(&mut rng, &[b, d], 1.0);
         for norm in [AttnNorm::Softmax, AttnNorm::ReluL1] {
+            let composite = attention(&z, Some(&gap_query(&z).unwrap()), norm).unwrap();
+            for (name, fused) in [("host", &zd), ("tracked", &z)] {
+                let a = gap_attention(fused, norm).unwrap();
+                let ctx = format!("gap_attention {name}, b {b} r {r} d {d} {norm:?}");
+                assert!(rel_diff(&a, &composite) < 1e-6, "{ctx}");
+            }
             for (name, u) in [
                 ("gap", &gap),
                 ("other", &other),

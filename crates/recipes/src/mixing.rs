@@ -5,7 +5,7 @@ use crate::config::{DistillConfig, MixConfig, MixMethod, MixSpace};
 use crate::error::{RecipeError, Result};
 use candle_core::Tensor;
 use multimix_augment::dense::{
-    attention, cam_query, dense_multimix_loss, gap_query, mix_dense_factored,
+    attention, cam_query, dense_multimix_loss, gap_attention, mix_dense_factored,
     mix_dense_targets_factored,
 };
 use multimix_augment::distill::teacher_probs;
@@ -360,8 +360,9 @@ fn multimix_step(
     } else {
         z.clone()
     };
-    let query = match cfg.attn_query {
-        AttnQuery::Gap => Some(gap_query(&z_att)?),
+    let norm = cfg.attn_norm;
+    let attn = match cfg.attn_query {
+        AttnQuery::Gap => gap_attention(&z_att, norm)?,
         AttnQuery::Cam => {
             let ids = Tensor::from_slice(labels, b, device)?;
             let w = if cfg.attn_detach {
@@ -369,7 +370,7 @@ fn multimix_step(
             } else {
                 head.weight().clone()
             };
-            Some(cam_query(&w, &ids)?)
+            attention(&z_att, Some(&cam_query(&w, &ids)?), norm)?
         }
         AttnQuery::Cls => {
             let cls = backbone.class_token(features)?.ok_or_else(|| {
@@ -378,11 +379,11 @@ fn multimix_step(
                     model.config().architecture
                 ))
             })?;
-            Some(if cfg.attn_detach { cls.detach() } else { cls })
+            let cls = if cfg.attn_detach { cls.detach() } else { cls };
+            attention(&z_att, Some(&cls), norm)?
         }
-        AttnQuery::Uniform => None,
+        AttnQuery::Uniform => attention(&z_att, None, norm)?,
     };
-    let attn = attention(&z_att, query.as_ref(), cfg.attn_norm)?;
     let lambda = multimix(cfg).sample(b, rng, device)?;
     let student = match cfg.space {
         MixSpace::Logits => Student::Logits(head.forward(&z)?),

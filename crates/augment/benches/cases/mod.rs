@@ -5,7 +5,7 @@
 
 use candle_core::{Device, Tensor, Var};
 use multimix_augment::dense::{
-    attention, dense_multimix_loss, gap_query, mix_dense_factored, mix_dense_targets_factored,
+    dense_multimix_loss, gap_attention, mix_dense_factored, mix_dense_targets_factored,
 };
 use multimix_augment::loss::soft_cross_entropy;
 use multimix_augment::multimix::{mix_rows, multimix_loss};
@@ -96,7 +96,7 @@ pub fn dense_case(
     };
     let mut op_rng = ChaCha8Rng::seed_from_u64(2);
     move || {
-        let attn = attention(&z, Some(&gap_query(&z).expect("q")), AttnNorm::Softmax).expect("a");
+        let attn = gap_attention(&z, AttnNorm::Softmax).expect("attention");
         let lambda = cfg.sample(B, &mut op_rng, &Device::Cpu).expect("Λ");
         let loss = if fused {
             dense_multimix_loss(&lambda, &attn, &logits, &y).expect("loss")

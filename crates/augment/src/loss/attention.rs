@@ -2,7 +2,7 @@
 //! detached, METHOD.md §3), where candle's composition (a batched product per query, then five
 //! elementwise and reduction ops over `[b, r]`) cost more than the mixing it weights.
 
-use super::cpu::{exp_nonpositive, max_f32, with_f32, LANES};
+use super::cpu::{dot, exp_nonpositive, max_f32, with_f32};
 use candle_core::{Device, Result, Tensor};
 use rayon::prelude::*;
 
@@ -19,25 +19,6 @@ simd_kernel! {
         let inv = 1.0 / (z.len() / d) as f32;
         u.iter_mut().for_each(|u| *u *= inv);
     }
-}
-
-/// `Σ a·b` with [`LANES`] partial sums.
-#[inline(always)]
-fn dot(a: &[f32], b: &[f32]) -> f32 {
-    let mut acc = [0.0f32; LANES];
-    let (ca, cb) = (a.chunks_exact(LANES), b.chunks_exact(LANES));
-    let tail: f32 = ca
-        .remainder()
-        .iter()
-        .zip(cb.remainder())
-        .map(|(x, y)| x * y)
-        .sum();
-    for (xa, xb) in ca.zip(cb) {
-        for ((acc, &x), &y) in acc.iter_mut().zip(xa).zip(xb) {
-            *acc += x * y;
-        }
-    }
-    acc.iter().sum::<f32>() + tail
 }
 
 simd_kernel! {
@@ -87,6 +68,25 @@ pub(crate) fn attention_host(z: &Tensor, u: &Tensor, softmax: bool, eps: f64) ->
                 .for_each(|((a, z), u)| attention_row(z, u, a, softmax, eps as f32));
             Ok(a)
         })
+    })?;
+    Tensor::from_vec(a, (b, r), &Device::Cpu)
+}
+
+/// The attention `[b, r]` of untracked, non-empty f32 CPU embeddings `z` `[b, r, d]` with the
+/// `gap` query: per example, the mean of its positions and then their scores, so the example's
+/// embeddings are read from memory once and from cache the second time.
+pub(crate) fn gap_attention_host(z: &Tensor, softmax: bool, eps: f64) -> Result<Tensor> {
+    let (b, r, d) = z.dims3()?;
+    let a = with_f32("gap-attention", z, |z| {
+        let mut a = vec![0.0f32; b * r];
+        a.par_chunks_mut(r).zip(z.par_chunks(r * d)).for_each_init(
+            || vec![0.0f32; d],
+            |u, (a, z)| {
+                mean_positions(z, u);
+                attention_row(z, u, a, softmax, eps as f32);
+            },
+        );
+        Ok(a)
     })?;
     Tensor::from_vec(a, (b, r), &Device::Cpu)
 }

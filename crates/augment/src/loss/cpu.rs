@@ -9,7 +9,7 @@ const MIN_TASK_ELEMS: usize = 8 * 1024;
 /// Parallel tasks per rayon thread, so a busy core does not stall the others.
 const TASKS_PER_THREAD: usize = 8;
 /// Independent accumulators of the reductions: enough for the compiler to vectorize the loop.
-pub(super) const LANES: usize = 8;
+const LANES: usize = 8;
 
 /// Rows per parallel task for `rows` rows of `row_len` elements (at least 1).
 pub(super) fn task_rows(rows: usize, row_len: usize) -> usize {
@@ -282,6 +282,25 @@ pub(super) fn max_f32(x: &[f32]) -> f32 {
     acc.iter()
         .chain(tail)
         .fold(f32::NEG_INFINITY, |m, &v| max(m, v))
+}
+
+/// `Σ a·b` with [`LANES`] partial sums.
+#[inline(always)]
+pub(super) fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0.0f32; LANES];
+    let (ca, cb) = (a.chunks_exact(LANES), b.chunks_exact(LANES));
+    let tail: f32 = ca
+        .remainder()
+        .iter()
+        .zip(cb.remainder())
+        .map(|(x, y)| x * y)
+        .sum();
+    for (xa, xb) in ca.zip(cb) {
+        for ((acc, &x), &y) in acc.iter_mut().zip(xa).zip(xb) {
+            *acc += x * y;
+        }
+    }
+    acc.iter().sum::<f32>() + tail
 }
 
 /// Σ a·(b − shift) in f64 (`shift = 0` gives a dot product).

@@ -416,48 +416,82 @@ impl SortedSpikes {
     }
 }
 
-/// Positions `p0..p0 + W` of [`spiked_tuple`]'s class `j`: `t = base + Σ_i lambda_i · sa_i`
-/// over the class's examples, accumulated in registers.
+/// Positions `p0..p0 + W` of class `j` for `T` tuples (their numerators at `tnum[u·c·r + o..]`,
+/// `o = j·r + p0`): adds `Σ_i lambda_ui · sa_i` over the class's examples, accumulated in
+/// registers, so each row of `sa` is loaded once for the `T` tuples.
 #[inline(always)]
-fn spike_block<const W: usize>(lambda: &[f32], sa: &[f32], r: usize, p0: usize, t: &mut [f32]) {
-    let mut acc = [0.0f32; W];
-    acc.copy_from_slice(&t[p0..p0 + W]);
-    for (i, &l) in lambda.iter().enumerate() {
-        let row = &sa[i * r + p0..i * r + p0 + W];
-        for q in 0..W {
-            acc[q] += l * row[q];
+fn spike_block<const T: usize, const W: usize>(
+    lambda: &[&[f32]; T],
+    sa: &[f32],
+    r: usize,
+    p0: usize,
+    o: usize,
+    tnum: &mut [f32],
+) {
+    let cr = tnum.len() / T;
+    let mut acc = [[0.0f32; W]; T];
+    for (u, acc) in acc.iter_mut().enumerate() {
+        acc.copy_from_slice(&tnum[u * cr + o..u * cr + o + W]);
+    }
+    for (i, row) in sa.chunks_exact(r).enumerate() {
+        let row = &row[p0..p0 + W];
+        for u in 0..T {
+            let l = lambda[u][i];
+            for q in 0..W {
+                acc[u][q] += l * row[q];
+            }
         }
     }
-    t[p0..p0 + W].copy_from_slice(&acc);
+    for (u, acc) in acc.iter().enumerate() {
+        tnum[u * cr + o..u * cr + o + W].copy_from_slice(acc);
+    }
 }
 
-/// Positions per register block of [`spiked_tuple`] (four AVX2 registers of f32).
-const SPIKE_BLOCK: usize = 32;
+/// Tuples per pass of [`spiked_tuples`] over the spiked attention (four register blocks of
+/// [`SPIKE_BLOCK`] positions).
+const SPIKE_TUPLES: usize = 4;
+
+/// Positions per register block of the spikes (two AVX2 registers of f32 per tuple).
+const SPIKE_BLOCK: usize = 16;
+
+/// Adds the spikes of `T` tuples to their target numerators `tnum` `[T, c, r]` (class-major):
+/// `tnum_ujp += Σ_{i: class_i = j} λ_ui spike_i a_ip`, with `lambda` `[T, b]` the tuples' weights
+/// in the order of `y`.
+#[inline(always)]
+fn add_spikes<const T: usize>(lambda: &[f32], y: &SortedSpikes, tnum: &mut [f32]) {
+    let b = lambda.len() / T;
+    let r = y.spiked_attn.len() / b.max(1);
+    for j in 0..y.starts.len() - 1 {
+        let (start, end) = (y.starts[j], y.starts[j + 1]);
+        let weights = std::array::from_fn(|u| &lambda[u * b + start..u * b + end]);
+        let sa = &y.spiked_attn[start * r..end * r];
+        let mut p = 0;
+        while p + SPIKE_BLOCK <= r {
+            spike_block::<T, SPIKE_BLOCK>(&weights, sa, r, p, j * r + p, tnum);
+            p += SPIKE_BLOCK;
+        }
+        while p + BLOCK <= r {
+            spike_block::<T, BLOCK>(&weights, sa, r, p, j * r + p, tnum);
+            p += BLOCK;
+        }
+        while p < r {
+            spike_block::<T, 1>(&weights, sa, r, p, j * r + p, tnum);
+            p += 1;
+        }
+    }
+}
 
 simd_kernel! {
-    /// The target numerators of one tuple for spiked targets, class-major `[c, r]`:
-    /// `tnum_jp = base_p + Σ_{i: class_i = j} λ_i spike_i a_ip`, with `lambda` the tuple's
-    /// weights in the order of `y` and `base` `[r]` the constant part.
-    fn spiked_tuple(lambda: &[f32], y: &SortedSpikes, base: &[f32], tnum: &mut [f32]) {
-        let r = base.len();
-        for (j, t) in tnum.chunks_exact_mut(r).enumerate() {
-            t.copy_from_slice(base);
-            let (start, end) = (y.starts[j], y.starts[j + 1]);
-            let (lambda, sa) = (&lambda[start..end], &y.spiked_attn[start * r..end * r]);
-            let mut p = 0;
-            while p + SPIKE_BLOCK <= r {
-                spike_block::<SPIKE_BLOCK>(lambda, sa, r, p, t);
-                p += SPIKE_BLOCK;
-            }
-            while p + BLOCK <= r {
-                spike_block::<BLOCK>(lambda, sa, r, p, t);
-                p += BLOCK;
-            }
-            while p < r {
-                spike_block::<1>(lambda, sa, r, p, t);
-                p += 1;
-            }
-        }
+    /// [`add_spikes`] for [`SPIKE_TUPLES`] tuples at once.
+    fn spiked_tuples(lambda: &[f32], y: &SortedSpikes, tnum: &mut [f32]) {
+        add_spikes::<SPIKE_TUPLES>(lambda, y, tnum);
+    }
+}
+
+simd_kernel! {
+    /// [`add_spikes`] for one tuple.
+    fn spiked_tuple(lambda: &[f32], y: &SortedSpikes, tnum: &mut [f32]) {
+        add_spikes::<1>(lambda, y, tnum);
     }
 }
 
@@ -594,39 +628,57 @@ impl CustomOp2 for DenseMultiMixCe {
             .map(|(task, (rows, s))| {
                 let mut lx = vec![0.0f32; if self.track_attn { cr } else { 0 }];
                 let mut den = vec![0.0f32; r];
+                let g = SPIKE_TUPLES;
                 let (mut own_tnum, mut lambda) = match &sorted {
-                    Some(_) => (vec![0.0f32; cr], vec![0.0f32; b]),
+                    Some(_) => (vec![0.0f32; g * cr], vec![0.0f32; g * b]),
                     None => (Vec::new(), Vec::new()),
                 };
                 // The constant part of spiked targets when it has no columns.
                 let zeros = vec![0.0f32; if targets_w == 0 { r } else { 0 }];
                 let mut total = 0.0;
-                for (i, (row, s)) in rows
-                    .chunks_exact_mut(w)
-                    .zip(s.chunks_exact_mut(r))
-                    .enumerate()
-                {
-                    let (h, rest) = row.split_at_mut(cr);
-                    let (den_row, targets) = rest.split_at(r);
-                    den.iter_mut()
-                        .zip(den_row)
-                        .for_each(|(d, &v)| *d = v + self.eps);
-                    let tn = match &sorted {
-                        None => targets,
-                        Some(y) => {
-                            let k = task * t + i;
+                let groups = rows.chunks_mut(g * w).zip(s.chunks_mut(g * r));
+                for (group_index, (group, s)) in groups.enumerate() {
+                    let tuples = group.len() / w;
+                    if let Some(y) = &sorted {
+                        // Spiked targets: the tuples' constants, then their spikes.
+                        for u in 0..tuples {
+                            let k = task * t + group_index * g + u;
                             let weights = &self.lambda[k * b..(k + 1) * b];
-                            lambda
-                                .iter_mut()
-                                .zip(&y.order)
-                                .for_each(|(l, &i)| *l = weights[i]);
-                            let base = if targets_w == 0 { &zeros[..] } else { targets };
-                            spiked_tuple(&lambda, y, base, &mut own_tnum);
-                            &own_tnum[..]
+                            let sorted_weights = &mut lambda[u * b..(u + 1) * b];
+                            for (l, &i) in sorted_weights.iter_mut().zip(&y.order) {
+                                *l = weights[i];
+                            }
+                            let base = match targets_w {
+                                0 => &zeros[..],
+                                _ => &group[u * w + cr + r..(u + 1) * w],
+                            };
+                            for row in own_tnum[u * cr..(u + 1) * cr].chunks_exact_mut(r) {
+                                row.copy_from_slice(base);
+                            }
                         }
-                    };
-                    let s = if self.track_attn { s } else { &mut [] };
-                    total += dense_tuple(h, tn, &den, s, &mut lx, scale);
+                        if tuples == g {
+                            spiked_tuples(&lambda, y, &mut own_tnum);
+                        } else {
+                            for u in 0..tuples {
+                                let tnum = &mut own_tnum[u * cr..(u + 1) * cr];
+                                spiked_tuple(&lambda[u * b..(u + 1) * b], y, tnum);
+                            }
+                        }
+                    }
+                    let tuples = group.chunks_exact_mut(w).zip(s.chunks_exact_mut(r));
+                    for (u, (row, s)) in tuples.enumerate() {
+                        let (h, rest) = row.split_at_mut(cr);
+                        let (den_row, targets) = rest.split_at(r);
+                        den.iter_mut()
+                            .zip(den_row)
+                            .for_each(|(d, &v)| *d = v + self.eps);
+                        let tn = match &sorted {
+                            None => targets,
+                            Some(_) => &own_tnum[u * cr..(u + 1) * cr],
+                        };
+                        let s = if self.track_attn { s } else { &mut [] };
+                        total += dense_tuple(h, tn, &den, s, &mut lx, scale);
+                    }
                 }
                 total
             })

@@ -17,7 +17,7 @@ mod soft_ce;
 
 use candle_core::{DType, Device, Error, Result, Tensor, D};
 
-pub(crate) use attention::{attention_host, gap_query_host};
+pub(crate) use attention::{attention_host, gap_attention_host, gap_query_host};
 
 /// Soft-target cross-entropy H(Y, L) = -mean_rows(sum_c Y * log_softmax(L)) (timm SoftTargetCrossEntropy).
 ///
