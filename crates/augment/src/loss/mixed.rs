@@ -527,19 +527,21 @@ fn rhs_row(z: &[f32], a: &[f32], targets: RowTargets, out: &mut [f32]) {
     let (r, c) = (a.len(), z.len() / a.len().max(1));
     let (az, rest) = out.split_at_mut(c * r);
     let (den, rest) = rest.split_at_mut(r);
-    let class_major = |v: &dyn Fn(usize, usize) -> f32, out: &mut [f32]| {
-        for (j, o) in out.chunks_exact_mut(r).enumerate() {
-            for (p, (o, &a)) in o.iter_mut().zip(a).enumerate() {
-                *o = a * v(p, j);
-            }
-        }
-    };
-    class_major(&|p, j| z[p * c + j], az);
+    class_major(a, |p, j| z[p * c + j], az);
     den.copy_from_slice(a);
     match targets {
         RowTargets::Off(off) => rest.iter_mut().zip(a).for_each(|(o, &a)| *o = off * a),
-        RowTargets::PerExample(y) => class_major(&|_, j| y[j], rest),
-        RowTargets::PerPosition(y) => class_major(&|p, j| y[p * c + j], rest),
+        RowTargets::PerExample(y) => class_major(a, |_, j| y[j], rest),
+        RowTargets::PerPosition(y) => class_major(a, |p, j| y[p * c + j], rest),
+    }
+}
+
+/// `out[j·r + p] = a_p · v(p, j)` for the `[c, r]` class-major `out`, `a` `[r]`.
+fn class_major(a: &[f32], v: impl Fn(usize, usize) -> f32, out: &mut [f32]) {
+    for (j, o) in out.chunks_exact_mut(a.len()).enumerate() {
+        for (p, (o, &a)) in o.iter_mut().zip(a).enumerate() {
+            *o = a * v(p, j);
+        }
     }
 }
 
