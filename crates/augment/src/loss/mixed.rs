@@ -118,10 +118,8 @@ impl MultiMixCe {
         match SpikedRows::detect(&self.targets, c) {
             Some(spiked) => mix_spiked_rows(&self.lambda, b, &spiked, c),
             None => {
-                let mut t = vec![0.0f32; n * c];
                 let y = Mat::row_major(&self.targets, b, c);
-                matmul(Mat::row_major(&self.lambda, n, b), y, &mut t);
-                t
+                matmul_new(Mat::row_major(&self.lambda, n, b), y)
             }
         }
     }
@@ -142,9 +140,8 @@ impl CustomOp1 for MultiMixCe {
                 layout.dims()
             )));
         }
-        let mut mixed = vec![0.0f32; n * c];
         let lambda = Mat::row_major(&self.lambda, n, b);
-        matmul(lambda, Mat::row_major(z, b, c), &mut mixed);
+        let mixed = matmul_new(lambda, Mat::row_major(z, b, c));
         let targets = self.mixed_targets();
         let mut grad = vec![0.0f32; n * c];
         let step = TUPLES_PER_TASK * c;
@@ -170,9 +167,8 @@ impl CustomOp1 for MultiMixCe {
             .grad
             .lock()
             .map_err(|_| Error::Msg("poisoned".into()))?;
-        let mut dz = vec![0.0f32; b * c];
         let lambda_t = Mat::row_major(&self.lambda, n, b).t();
-        matmul(lambda_t, Mat::row_major(&grad, n, c), &mut dz);
+        let mut dz = matmul_new(lambda_t, Mat::row_major(&grad, n, c));
         dz.iter_mut().for_each(|v| *v *= gamma);
         Tensor::from_vec(dz, (b, c), &Device::Cpu).map(Some)
     }
