@@ -14,6 +14,9 @@ Writes crates/data/tests/fixtures/parquet/:
     hf/{train,test}.u8                         the pixels PIL decodes, image after image (HxW)
     plain_rgb.parquet      pyarrow: a plain binary column `img` (RGB PNGs) and uint8 `fine_label`
     plain_rgb.u8           its pixels as C x H x W (channel planes), as multimix stores them
+    plain_rgb_{zstd,brotli,gzip,lz4}.parquet   the same table in each of the other codecs
+    lzo.parquet            an uncompressed table whose footer declares LZO (which no writer here
+                           implements: the codec field of each column chunk patched to 3)
     jpeg.parquet           pyarrow: binary `image` (RGB JPEGs, quality 90) and int32 `labels`
     jpeg.u8                PIL's decode (C x H x W); other JPEG decoders differ by a few levels
     no_image.parquet       columns `text` and `label`, no image column
@@ -83,6 +86,24 @@ def write_table(name: str, table: pa.Table) -> None:
     pq.write_table(table, str(OUT / name), compression="snappy", row_group_size=3)
 
 
+def declare_lzo(path: Path, columns: list[str]) -> None:
+    """Rewrite the codec of every column chunk of an uncompressed file as LZO, in place.
+
+    In the footer's Thrift compact encoding, a chunk's `path_in_schema` (field 3, a one-element
+    list of strings: 0x19 0x18, length, name) is followed by its `codec` (field 4, i32: 0x15,
+    then the zigzag varint, 0x00 for UNCOMPRESSED and 0x06 for LZO = 3).
+    """
+    data = bytearray(path.read_bytes())
+    footer_len = int.from_bytes(data[-8:-4], "little")
+    start = len(data) - 8 - footer_len
+    for name in columns:
+        key = b"\x19\x18" + bytes([len(name)]) + name.encode() + b"\x15\x00"
+        at = data.find(key, start)
+        assert at > 0 and data.find(key, at + 1) < 0, name
+        data[at + len(key) - 1] = 0x06
+    path.write_bytes(bytes(data))
+
+
 def main() -> None:
     OUT.mkdir(parents=True, exist_ok=True)
     train = [int(y) for y in RNG.integers(0, 3, size=12)]
@@ -94,13 +115,18 @@ def main() -> None:
 
     rgb = [RNG.integers(0, 256, size=(28, 28, 3), dtype=np.uint8) for _ in range(5)]
     png = [encode(img, "PNG") for img in rgb]
-    write_table(
-        "plain_rgb.parquet",
-        pa.table({
-            "img": pa.array(png, pa.binary()),
-            "fine_label": pa.array([4, 0, 2, 4, 1], pa.uint8()),
-        }),
-    )
+    plain = pa.table({
+        "img": pa.array(png, pa.binary()),
+        "fine_label": pa.array([4, 0, 2, 4, 1], pa.uint8()),
+    })
+    write_table("plain_rgb.parquet", plain)
+    # The same table in the other codecs of the format (zstd is polars' default).
+    for codec in ("zstd", "brotli", "gzip", "lz4"):
+        path = OUT / f"plain_rgb_{codec}.parquet"
+        pq.write_table(plain, str(path), compression=codec, row_group_size=3)
+    lzo = OUT / "lzo.parquet"
+    pq.write_table(plain.slice(0, 2), str(lzo), compression="none")
+    declare_lzo(lzo, ["img", "fine_label"])
     (OUT / "plain_rgb.u8").write_bytes(
         np.concatenate([decoded_chw(b).ravel() for b in png]).tobytes()
     )

@@ -13,9 +13,10 @@
 //! decodes every image straight into its slot of the data set, on all cores. Only one row
 //! group's encoded images are in memory at a time, and the decoded set exists once.
 //!
-//! Codecs: the `parquet` crate without arrow, with its pure-Rust codecs only: snappy (pyarrow's
-//! and HF `datasets`' default), gzip and lz4. zstd (whose crate builds C code) and brotli are
-//! left out to keep the build small; such a file gets an error saying how to rewrite it.
+//! Codecs: the `parquet` crate without arrow, with every codec pyarrow and polars write: snappy
+//! (pyarrow's and HF `datasets`' default), zstd (polars' default; its crate builds the reference
+//! C library), gzip, brotli and lz4. A file in any other codec (LZO) gets an error saying how to
+//! rewrite it.
 
 use crate::dataset::Dataset;
 use crate::error::{DataError, Result};
@@ -44,12 +45,13 @@ fn format_err(path: &Path, message: impl Into<String>) -> DataError {
     }
 }
 
-/// A parquet error, with what the build can read when it is a codec left out.
+/// A parquet error, with what multimix can read when it is a codec the `parquet` crate does not
+/// implement (LZO).
 fn parquet_err(path: &Path, what: &str, e: ::parquet::errors::ParquetError) -> DataError {
     let e = e.to_string();
-    let hint = if e.contains("Disabled feature") {
-        " (multimix reads uncompressed, snappy, gzip and lz4 parquet; rewrite the file with one \
-         of these, e.g. pyarrow's default snappy)"
+    let hint = if e.contains("codec type") && e.contains("not supported") {
+        " (multimix reads uncompressed, snappy, zstd, gzip, brotli and lz4 parquet; rewrite the \
+         file with one of these, e.g. pyarrow's default snappy)"
     } else {
         ""
     };

@@ -1,6 +1,6 @@
 //! The parquet reader against the fixtures of `tools/make_parquet_fixtures.py`: HF `datasets`'
-//! own files (Image struct, ClassLabel, shards, row groups) and pyarrow's, pixels as PIL decodes
-//! them, and the errors on files that are not image sets.
+//! own files (Image struct, ClassLabel, shards, row groups) and pyarrow's in every codec, pixels
+//! as PIL decodes them, and the errors on files that are not image sets or that no decoder reads.
 
 use multimix_data::parquet::{read_parquet_split, SplitLayout};
 use multimix_data::DataSpec;
@@ -54,6 +54,17 @@ fn plain_binary_column_rgb_and_unsigned_labels() {
     // No ClassLabel: the classes are the label values 0..=max.
     assert_eq!(ds.class_names, ["0", "1", "2", "3", "4"]);
     assert_eq!(ds.images, std::fs::read(fixture("plain_rgb.u8")).unwrap());
+}
+
+/// The same table written by pyarrow in every other codec reads the same.
+#[test]
+fn every_codec_pyarrow_writes_reads_the_same() {
+    let pixels = std::fs::read(fixture("plain_rgb.u8")).unwrap();
+    for codec in ["zstd", "brotli", "gzip", "lz4"] {
+        let ds = read(&[&format!("plain_rgb_{codec}.parquet")]).unwrap();
+        assert_eq!(ds.labels, vec![4, 0, 2, 4, 1], "{codec}");
+        assert!(ds.images == pixels, "{codec}: pixels differ");
+    }
 }
 
 #[test]
@@ -117,6 +128,14 @@ fn undecodable_image_bytes_name_file_and_row() {
     assert!(err.contains("bad_image.parquet"), "{err}");
     assert!(err.contains("row 2"), "{err}");
     assert!(err.contains("not a readable PNG or JPEG"), "{err}");
+}
+
+#[test]
+fn a_codec_without_a_decoder_names_the_ones_that_work() {
+    let err = error_of(&["lzo.parquet"]);
+    assert!(err.contains("lzo.parquet"), "{err}");
+    assert!(err.contains("LZO"), "{err}");
+    assert!(err.contains("snappy, zstd, gzip, brotli and lz4"), "{err}");
 }
 
 #[test]
