@@ -663,8 +663,8 @@ impl CustomOp2 for DenseMultiMixCe {
                             }
                         }
                     }
-                    let tuples = group.chunks_exact_mut(w).zip(s.chunks_exact_mut(r));
-                    for (u, (row, s)) in tuples.enumerate() {
+                    let group_rows = group.chunks_exact_mut(w).zip(s.chunks_exact_mut(r));
+                    for (u, (row, s)) in group_rows.enumerate() {
                         let (h, rest) = row.split_at_mut(cr);
                         let (den_row, targets) = rest.split_at(r);
                         den.iter_mut()
